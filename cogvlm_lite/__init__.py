@@ -1,0 +1,1 @@
+"""cogvlm_lite"""
