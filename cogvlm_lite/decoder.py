@@ -135,6 +135,17 @@ class KVCache:
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def ensure(self, length: int) -> None:
+        """Grow the buffers (doubling) so they hold at least `length` positions."""
+        if length <= self.max_len:
+            return
+        size = max(length, 2 * self.max_len)
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            new = old.new_zeros(*old.shape[:3], size, old.shape[4])
+            new[:, :, :, : self.length] = old[:, :, :, : self.length]
+            setattr(self, name, new)
+
     def crop(self, length: int) -> None:
         """Forget everything after the first `length` positions."""
         self.length = min(self.length, length)
@@ -241,10 +252,9 @@ class Decoder(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
 
-    def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
+    def new_cache(self, batch: int = 1, max_len: int = 256) -> KVCache:
         p = self.embed_tokens.weight
-        return KVCache(self.config, batch, max_len or self.config.max_position_embeddings,
-                       p.device, p.dtype)
+        return KVCache(self.config, batch, max_len, p.device, p.dtype)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> Decoder:

@@ -47,36 +47,42 @@ def load_image(
         name = "the image data"
         return _prepare(_open(bytes(image), name, max_bytes), name, max_pixels)
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image).expanduser()
-        data = _read(path, max_bytes)
-        name = f"image file {str(path)!r}"
-        return _prepare(_open(data, name, max_bytes), name, max_pixels)
+        path = os.fsdecode(image)
+        name = f"image file {path!r}"
+        return _prepare(_open(_read(path, max_bytes), name, max_bytes), name, max_pixels)
     raise TypeError(
         "load_image takes a PIL.Image.Image, a file path or the bytes of an image file, "
         f"not {type(image).__name__}; decode base64 or data URLs to bytes first"
     )
 
 
-def _read(path: Path, max_bytes: int) -> bytes:
+def _read(path: str, max_bytes: int) -> bytes:
     """The bytes of the file at `path`, after checking it exists and is not too large."""
-    text = str(path)
-    if not path.exists():
-        hint = ""
-        if text.startswith(("http://", "https://", "data:")):
-            hint = "; URLs and data URLs are not read here, download or decode them to bytes first"
-        raise ImageError(f"image file not found: {text!r}; check the path{hint}")
-    if not path.is_file():
-        raise ImageError(f"{text!r} is not a file; give the path of an image file")
-    size = path.stat().st_size
+    if path.startswith(("http://", "https://", "data:")):
+        raise ImageError(
+            f"{path[:60]!r} is a URL, not a file path; download it or decode the data URL to "
+            "bytes and pass those"
+        )
+    file = Path(path).expanduser()
+    try:
+        is_file = file.is_file()
+        exists = is_file or file.exists()
+        size = file.stat().st_size if is_file else 0
+    except (OSError, ValueError) as e:  # e.g. a name too long for the file system
+        raise ImageError(f"cannot use {path[:200]!r} as an image path: {e}; check it") from e
+    if not exists:
+        raise ImageError(f"image file not found: {path!r}; check the path")
+    if not is_file:
+        raise ImageError(f"{path!r} is not a file; give the path of an image file")
     if size > max_bytes:
         raise ImageError(
-            f"image file {text!r} is {size:,} bytes, more than the limit of {max_bytes:,}; "
+            f"image file {path!r} is {size:,} bytes, more than the limit of {max_bytes:,}; "
             "use a smaller or more compressed file"
         )
     try:
-        return path.read_bytes()
+        return file.read_bytes()
     except OSError as e:
-        raise ImageError(f"cannot read image file {text!r}: {e}; check its permissions") from e
+        raise ImageError(f"cannot read image file {path!r}: {e}; check its permissions") from e
 
 
 def _open(data: bytes, name: str, max_bytes: int) -> Image.Image:

@@ -1,0 +1,146 @@
+"""Conversations -> token ids and loss labels, with the image at the start of the first user turn.
+
+One function, `ConversationBuilder.encode`, builds both the inference prompt and the training
+labels, from the language model's own chat template (ChatML for SmolLM2). The image goes right
+after the opening tokens of the first user turn (`<|im_start|>user\\n`), so a real text token is
+always first. The image is one `IMAGE_TOKEN_ID` in the ids; the model expands it into BOI, the
+patch tokens and EOI. When the context would overflow, the oldest turns are dropped; the image
+and the current question never are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+IMAGE_TOKEN_ID = -200  # placeholder id for the image, as LLaVA uses
+IGNORE = -100  # label of a token that carries no loss
+_MARK = "\ue000"  # private-use character marking the image inside the rendered template
+
+Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]  # IMAGE_TOKEN_ID where the image goes
+    labels: list[int]  # the token where it is trained on, else IGNORE
+    dropped_turns: int = 0  # oldest exchanges left out to fit the context
+
+
+def as_messages(history, query: str | None = None, system: str | None = None) -> list[Message]:
+    """History as (user, assistant) pairs or message dicts, plus the new query -> messages."""
+    messages: list[Message] = [{"role": "system", "content": system}] if system else []
+    for item in history or []:
+        if isinstance(item, dict):
+            messages.append({"role": item["role"], "content": item["content"]})
+        else:
+            user, assistant = item
+            messages += [{"role": "user", "content": user},
+                         {"role": "assistant", "content": assistant}]
+    if query is not None:
+        messages.append({"role": "user", "content": query})
+    return messages
+
+
+class ConversationBuilder:
+    """Encodes conversations with a tokenizer's chat template."""
+
+    def __init__(self, tokenizer, max_length: int = 2048):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("the tokenizer has no chat template; use an instruct/chat model.")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def encode(self, messages: Sequence[Message], *, image_tokens: int = 0,
+               generation_prompt: bool = True, reserve: int = 0) -> Encoded:
+        """Token ids and labels; `image_tokens` > 0 places an image taking that many positions.
+
+        `reserve` keeps room for that many generated tokens. Assistant replies (and their end
+        token) are labelled; everything else is not.
+        """
+        messages = validate(messages)
+        system = [m for m in messages[:1] if m["role"] == "system"]
+        turns = messages[len(system):]
+        dropped = 0
+        while True:
+            enc = self._encode(system + turns, image_tokens, generation_prompt)
+            length = len(enc.input_ids) + max(image_tokens - 1, 0)
+            if length + reserve <= self.max_length:
+                enc.dropped_turns = dropped
+                return enc
+            cut = _first_exchange_end(turns)
+            if cut is None:
+                raise ValueError(
+                    f"the conversation is too long: the current message needs {length} tokens "
+                    f"(the image included) plus {reserve} to answer, and the context holds "
+                    f"{self.max_length}. Shorten the message."
+                )
+            turns = turns[cut:]
+            dropped += 1
+
+    def _encode(self, messages, image_tokens: int, generation_prompt: bool) -> Encoded:
+        messages = [dict(m) for m in messages]
+        if image_tokens:
+            first_user = next(m for m in messages if m["role"] == "user")
+            first_user["content"] = _MARK + first_user["content"]
+        render = self._render
+        full = render(messages, generation_prompt and messages[-1]["role"] == "user")
+        # Character spans of the assistant replies, found by rendering growing prefixes.
+        spans = []
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            start = len(render(messages[:i], True))
+            end = len(render(messages[: i + 1], False))
+            spans.append((start, end))
+        ids: list[int] = []
+        labels: list[int] = []
+        cursor = 0
+        for start, end in [*spans, (len(full), len(full))]:
+            self._append(full[cursor:start], ids, labels, trained=False)
+            self._append(full[start:end], ids, labels, trained=True)
+            cursor = end
+        return Encoded(ids, labels)
+
+    def _render(self, messages, generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
+
+    def _append(self, text: str, ids: list, labels: list, trained: bool) -> None:
+        for k, piece in enumerate(text.split(_MARK)):
+            if k:
+                ids.append(IMAGE_TOKEN_ID)
+                labels.append(IGNORE)
+            tokens = self.tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else []
+            ids += tokens
+            labels += tokens if trained else [IGNORE] * len(tokens)
+
+
+def validate(messages: Sequence[Message]) -> list[Message]:
+    """Check roles: an optional system message, then user/assistant turns starting with user."""
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            raise ValueError(f"message {i} must be a dict with a string 'content'")
+        if m.get("role") not in ("system", "user", "assistant"):
+            raise ValueError(f"message {i} has role {m.get('role')!r}; use system/user/assistant")
+        out.append({"role": m["role"], "content": m["content"]})
+    body = out[1:] if out and out[0]["role"] == "system" else out
+    for i, m in enumerate(body):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if m["role"] != expected:
+            raise ValueError(
+                f"turn {i} is {m['role']!r} but should be {expected!r}: after an optional system "
+                "message, user and assistant turns alternate, starting with user"
+            )
+    if not body:
+        raise ValueError("the conversation has no user message")
+    return out
+
+
+def _first_exchange_end(turns: list[Message]) -> int | None:
+    """Index just after the oldest user+assistant exchange, or None if only the last turn is left."""
+    if len(turns) <= 2 and turns[-1]["role"] == "assistant" or len(turns) <= 1:
+        return None
+    return 2

@@ -1,0 +1,452 @@
+"""The vision-language model: encoder -> adapter -> image tokens in a frozen LM with visual experts.
+
+`load_model()` gives the embedded default (packaged SmolLM2-135M-Instruct and EfficientNet-Lite0,
+plus the trained expert in `checkpoints/default`); `load_model(path)` a fine-tuned checkpoint.
+A checkpoint directory holds `config.json` (this model's configuration and a fingerprint of the
+base models) and `model.safetensors` with only the trainable tensors: adapter, BOI/EOI, experts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .adapter import Adapter, AdapterConfig
+from .conversation import IGNORE, IMAGE_TOKEN_ID, ConversationBuilder, as_messages
+from .decoder import Decoder, num_params
+from .expert import ExpertConfig, Route, add_visual_experts
+from .generation import GenerationConfig, decode_tokens
+from .images import load_image
+from .vision import ImageEncoder, VisionConfig
+from .weights import default_lm_dir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message says why and what to do."""
+
+
+@dataclass
+class ModelConfig:
+    language_model: str = "default"  # "default" (packaged SmolLM2) or a transformers directory
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    max_length: int = 2048  # context, in tokens, the image included
+    system_prompt: str | None = None  # None: the chat template's own default
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        d = dict(d)
+        parts = {"vision": VisionConfig, "adapter": AdapterConfig, "expert": ExpertConfig}
+        for name, kind in parts.items():
+            d[name] = kind(**d.get(name, {}))
+        known = {"language_model", "max_length", "system_prompt", *parts}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class Output:
+    logits: torch.Tensor | None
+    loss: torch.Tensor | None = None
+
+
+@dataclass
+class Inputs:
+    """A batch ready for the decoder: image tokens spliced in, positions and routing set."""
+
+    embeds: torch.Tensor
+    position_ids: torch.Tensor
+    token_type_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
+    labels: torch.Tensor | None
+
+
+class VisionLanguageModel(nn.Module):
+    """A CogVLM-style model; text tokens run the frozen LM exactly, image tokens its experts."""
+
+    def __init__(self, config: ModelConfig, lm: Decoder, tokenizer, encoder: ImageEncoder):
+        super().__init__()
+        self.config = config
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.encoder = encoder
+        p = lm.embed_tokens.weight
+        self.adapter = Adapter(
+            config.adapter, encoder.channels, encoder.grid, lm.config.hidden_size,
+            lm.config.intermediate_size, embed_std=float(p.float().std()),
+        ).to(p.device, p.dtype)
+        add_visual_experts(lm, config.expert)
+        self.builder = ConversationBuilder(tokenizer, config.max_length)
+        self.stop_ids = {i for i in (tokenizer.eos_token_id,
+                                     tokenizer.convert_tokens_to_ids("<|im_end|>")) if i is not None}
+        self._lock = threading.Lock()
+        self._session: dict | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.embed_tokens.weight.device
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.encoder.train(False)
+        return self
+
+    # ---------------------------------------------------------------- images
+
+    def pixels(self, images) -> torch.Tensor:
+        """Images (PIL, path, bytes, or a list of them) -> (B, 3, S, S) in 0..1."""
+        if isinstance(images, torch.Tensor):
+            return images if images.dim() == 4 else images[None]
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        return torch.stack([self.encoder.preprocess(load_image(im)) for im in images])
+
+    def image_embeddings(self, images=None, features: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, tokens, width) image tokens, BOI and EOI included, from images or encoder features."""
+        if features is None:
+            features = self.encoder(self.pixels(images).to(self.device))
+        p = self.adapter.linear.weight
+        return self.adapter(features.to(p.device, p.dtype))
+
+    # ---------------------------------------------------------------- sequences
+
+    def prepare(self, input_ids: torch.Tensor, image_embeds: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, start_position: int = 0) -> Inputs:
+        """Splice image tokens in where `IMAGE_TOKEN_ID` is; one image per row at most.
+
+        Position ids follow CogVLM: BOI one position, all patches the next, EOI the one after.
+        Rows that end up shorter are padded on the right (label IGNORE, mask 0).
+        """
+        embed = self.lm.embed_tokens
+        b, t = input_ids.shape
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        has_image = (input_ids == IMAGE_TOKEN_ID).sum(1)
+        if (has_image > 1).any():
+            raise ValueError("at most one image per sequence (CogVLM takes one image, first)")
+        if int(has_image.sum()) and (image_embeds is None or len(image_embeds) < int(has_image.sum())):
+            raise ValueError("input_ids hold an image placeholder but no image was given")
+        rows, types, steps, masks, labs = [], [], [], [], []
+        k = 0
+        for r in range(b):
+            ids, m = input_ids[r], mask[r]
+            text = embed(ids.clamp(min=0))
+            where = (ids == IMAGE_TOKEN_ID).nonzero()
+            ones = torch.ones(t, dtype=torch.long, device=ids.device)
+            lab = labels[r] if labels is not None else None
+            if len(where):
+                i = int(where[0])
+                img = image_embeds[k].to(text.dtype)
+                k += 1
+                n = img.shape[0]
+                rows.append(torch.cat([text[:i], img, text[i + 1 :]]))
+                tt = torch.zeros(t - 1 + n, dtype=torch.long, device=ids.device)
+                tt[i : i + n - 1] = 1  # BOI and patches; EOI stays language
+                step = torch.cat([ones[:i], ones.new_tensor([1, 1]), ones.new_zeros(n - 3),
+                                  ones.new_tensor([1]), ones[i + 1 :]])
+                masks.append(torch.cat([m[:i], m.new_ones(n), m[i + 1 :]]))
+                if lab is not None:
+                    labs.append(torch.cat([lab[:i], lab.new_full((n,), IGNORE), lab[i + 1 :]]))
+            else:
+                rows.append(text)
+                tt = torch.zeros(t, dtype=torch.long, device=ids.device)
+                step = ones
+                masks.append(m)
+                if lab is not None:
+                    labs.append(lab)
+            types.append(tt)
+            steps.append(step)
+        length = max(len(x) for x in rows)
+
+        def pad(xs, value):
+            return torch.stack([F.pad(x, (0, 0, 0, length - len(x))) if x.dim() == 2
+                                else F.pad(x, (0, length - len(x)), value=value) for x in xs])
+
+        m = pad(masks, 0)
+        step = pad(steps, 0) * m
+        positions = step.cumsum(1) - 1 + start_position
+        positions = positions.clamp(min=start_position)
+        return Inputs(
+            embeds=pad(rows, 0),
+            position_ids=positions,
+            token_type_ids=pad(types, 0),
+            attention_mask=m if attention_mask is not None else None,
+            labels=pad(labs, IGNORE) if labels is not None else None,
+        )
+
+    def hidden_states(self, inputs: Inputs, cache=None) -> torch.Tensor:
+        route = Route(inputs.token_type_ids) if inputs.token_type_ids.any() else None
+        return self.lm(inputs_embeds=inputs.embeds, position_ids=inputs.position_ids,
+                       attention_mask=inputs.attention_mask, cache=cache, route=route)
+
+    def forward(self, input_ids: torch.Tensor, images=None, *, image_features=None,
+                attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> Output:
+        """Logits like a transformers model; with `labels`, the mean next-token loss.
+
+        With labels, logits are computed only where there is a label (cheaper) and returned flat.
+        """
+        embeds = None
+        if images is not None or image_features is not None:
+            embeds = self.image_embeddings(images, image_features)
+        inputs = self.prepare(input_ids.to(self.device), embeds,
+                              None if attention_mask is None else attention_mask.to(self.device),
+                              None if labels is None else labels.to(self.device))
+        hidden = self.hidden_states(inputs)
+        if labels is None:
+            return Output(self.lm.logits(hidden))
+        target = inputs.labels[:, 1:]
+        keep = target != IGNORE
+        logits = self.lm.logits(hidden[:, :-1][keep])
+        loss = F.cross_entropy(logits.float(), target[keep]) if keep.any() else logits.sum() * 0
+        return Output(logits, loss)
+
+    # ---------------------------------------------------------------- chat
+
+    def chat(self, image, query: str, history: Sequence = (), **kwargs) -> str:
+        """The reply to `query` about `image` (PIL, path, bytes or None), given past turns."""
+        reply = ""
+        for reply in self.stream_chat(image, query, history, **kwargs):
+            pass
+        return reply
+
+    def stream_chat(self, image, query: str, history: Sequence = (), *,
+                    system: str | None = None, **generation) -> Iterator[str]:
+        """Yield the reply as it grows. `history`: (user, assistant) pairs or message dicts.
+
+        Keyword arguments are `GenerationConfig` fields (temperature, top_p, top_k,
+        repetition_penalty, max_new_tokens, seed). The KV cache of the image and the earlier
+        turns is kept and reused while the next turn extends the same conversation.
+        """
+        config = GenerationConfig(**generation)
+        messages = as_messages(history, query, system or self.config.system_prompt)
+        with self._lock:
+            yield from self._stream(image, messages, config)
+
+    def _stream(self, image, messages, config: GenerationConfig) -> Iterator[str]:
+        image_key, embeds = None, None
+        with torch.no_grad():
+            if image is not None:
+                pixels = self.pixels(image)
+                image_key = hashlib.sha1(pixels.numpy().tobytes()).hexdigest()
+                session = self._session
+                if session is not None and session["image"] == image_key:
+                    embeds = session["embeds"]
+                else:
+                    embeds = self.image_embeddings(pixels)
+            n_image = self.adapter.num_tokens if image is not None else 0
+            ids = self.builder.encode(messages, image_tokens=n_image,
+                                      reserve=config.max_new_tokens).input_ids
+            cache, done = self._reuse(image_key, ids)
+            cache.ensure(len(ids) + max(n_image - 1, 0) + config.max_new_tokens)
+            rest = torch.tensor([ids[done:]], device=self.device)
+            inputs = self.prepare(rest, embeds, start_position=self._position(ids, done, n_image))
+            last_logits = self.lm.logits(self.hidden_states(inputs, cache=cache)[0, -1])
+        next_position = int(inputs.position_ids[0, -1]) + 1
+        self._session = session = {"image": image_key, "embeds": embeds, "ids": ids,
+                                   "cache": cache}
+        generated: list[int] = []
+        text = ""
+        for token in decode_tokens(self.lm, cache, last_logits, next_position, config,
+                                   self.stop_ids, previous=ids):
+            if token in self.stop_ids:
+                break
+            generated.append(token)
+            # The cache holds the prompt and every generated token but the newest.
+            session["ids"] = ids + generated[:-1]
+            new = self.tokenizer.decode(generated, skip_special_tokens=True)
+            if new != text and not new.endswith("\ufffd"):
+                text = new
+                yield text
+
+    def reset(self) -> None:
+        """Forget the cached conversation."""
+        self._session = None
+
+    def _reuse(self, image_key, ids: list[int]):
+        """A KV cache holding the longest reusable prefix of `ids`, and that prefix's length."""
+        s = self._session
+        if s is None or s["image"] != image_key:
+            return self.lm.new_cache(1, 256), 0
+        old = s["ids"]
+        n = 0
+        for a, b in zip(old, ids, strict=False):
+            if a != b:
+                break
+            n += 1
+        n = min(n, len(ids) - 1)  # always recompute the last prompt token for its logits
+        cache = s["cache"]
+        n_image = self.adapter.num_tokens if image_key is not None else 0
+        cache.crop(self._cache_length(ids[:n], n_image))
+        return cache, n
+
+    @staticmethod
+    def _cache_length(ids: list[int], n_image: int) -> int:
+        return len(ids) + (n_image - 1 if IMAGE_TOKEN_ID in ids else 0)
+
+    @staticmethod
+    def _position(ids: list[int], index: int, n_image: int) -> int:
+        """Rotary position of token `index`: the image takes 3 positions for its one id."""
+        if n_image and IMAGE_TOKEN_ID in ids[:index]:
+            return index + 2
+        return index
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Adapter, BOI/EOI and experts: what a checkpoint holds."""
+        return {k: v for k, v in self.state_dict().items() if is_trainable_key(k)}
+
+    def fingerprint(self) -> dict:
+        """Identifies the base LM and encoder, so a checkpoint is not loaded onto others."""
+        def digest(*tensors):
+            h = hashlib.sha256()
+            for t in tensors:
+                h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+            return h.hexdigest()[:16]
+
+        lm = self.lm
+        return {
+            "language_model": digest(lm.norm.weight, lm.embed_tokens.weight[:64],
+                                     lm.layers[-1].down_proj.weight),
+            "encoder": f"{self.encoder.config.model_name}:"
+                       + digest(self.encoder.backbone.conv_stem.weight
+                                if hasattr(self.encoder.backbone, "conv_stem")
+                                else next(self.encoder.backbone.parameters())),
+        }
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.trainable_state_dict().items()}
+        atomic_write(path / WEIGHTS_NAME, lambda f: save_file(state, f))
+        meta = {"config": self.config.to_dict(), "base": self.fingerprint(),
+                "trainable_parameters": sum(v.numel() for v in state.values())}
+        atomic_write(path / CONFIG_NAME, lambda f: Path(f).write_text(json.dumps(meta, indent=2)))
+
+    def parameter_counts(self) -> dict[str, int]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return {"language_model": num_params(self.lm) - sum(
+                    p.numel() for layer in self.lm.layers if layer.expert is not None
+                    for p in layer.expert.parameters()),
+                "encoder": num_params(self.encoder), "trainable": trainable}
+
+
+def is_trainable_key(key: str) -> bool:
+    return key.startswith("adapter.") or ".expert." in key
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def pick_device(device: str | None = "auto") -> torch.device:
+    if device not in (None, "auto"):
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def build_model(config: ModelConfig | None = None, *, device: str | None = "auto",
+                dtype: torch.dtype | None = None, seed: int = 0) -> VisionLanguageModel:
+    """The base models with a freshly initialised (untrained) adapter and visual experts."""
+    from transformers import AutoTokenizer
+
+    config = config or ModelConfig()
+    lm_dir = default_lm_dir() if config.language_model == "default" else Path(config.language_model)
+    lm = Decoder.from_pretrained(lm_dir)
+    tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+    encoder = ImageEncoder(config.vision)
+    torch.manual_seed(seed)
+    model = VisionLanguageModel(config, lm, tokenizer, encoder)
+    target = pick_device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    return model.to(target, dtype).eval()
+
+
+def load_model(path: str | Path | None = None, *, device: str | None = "auto",
+               dtype: torch.dtype | None = None) -> VisionLanguageModel:
+    """Load a checkpoint directory; with no path, the embedded default model."""
+    if path is None:
+        if not (DEFAULT_CHECKPOINT / CONFIG_NAME).is_file():
+            log.warning("no trained checkpoint at %s: the visual expert is untrained, so answers "
+                        "about images will be poor (text-only answers are the base model's).",
+                        DEFAULT_CHECKPOINT)
+            return build_model(device=device, dtype=dtype)
+        path = DEFAULT_CHECKPOINT
+    path = Path(path)
+    meta = read_checkpoint_config(path)
+    model = build_model(ModelConfig.from_dict(meta["config"]), device=device, dtype=dtype)
+    base = model.fingerprint()
+    if meta.get("base") and meta["base"] != base:
+        raise CheckpointError(
+            f"{path} was trained on a different base model ({meta['base']}) than the one "
+            f"loaded now ({base}). Load it with the language model and image encoder it was "
+            "trained on (see language_model and vision in its config.json)."
+        )
+    load_trainable(model, path / WEIGHTS_NAME)
+    return model
+
+
+def read_checkpoint_config(path: Path) -> dict:
+    file = path / CONFIG_NAME
+    if not file.is_file():
+        raise CheckpointError(f"{file} not found: {path} is not a cogvlm_lite checkpoint "
+                              "(it needs config.json and model.safetensors).")
+    try:
+        meta = json.loads(file.read_text())
+        ModelConfig.from_dict(meta["config"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{file} is not a valid cogvlm_lite config ({e}).") from e
+    return meta
+
+
+def load_trainable(model: VisionLanguageModel, file: Path) -> None:
+    if not file.is_file():
+        raise CheckpointError(f"{file} not found: the checkpoint has no weights.")
+    try:
+        state = load_file(file)
+    except Exception as e:  # safetensors raises several types for damaged files
+        raise CheckpointError(f"{file} is damaged ({e}); restore it or train again.") from e
+    expected = model.trainable_state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{file} does not match its config: missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}, wrong shapes {wrong[:3]}. The files were mixed up; restore them."
+        )
+    model.load_state_dict(state, strict=False)
+
