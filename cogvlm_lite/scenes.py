@@ -54,11 +54,11 @@ MAX_SIZE = 0.45  # largest
 VISIBLE_ALPHA = 32  # a glyph pixel counts as visible from this alpha on (of 255)
 COVER_ALPHA = 128  # a glyph hides what is behind it from this alpha on
 MAX_IOU = 0.3  # largest box IoU between two objects of one scene
-MIN_VISIBLE = 0.7  # fraction of an object's pixels that must stay uncovered
+MIN_VISIBLE = 0.75  # fraction of an object's pixels that must stay uncovered
 DUPLICATE_RATE = 0.25  # fraction of scenes where one class appears 2-3 times
 MARGIN = 0.1  # relative gap needed before a left/right/above/below relation is asked
 
-_TEXTURES = ("brick", "grass", "gravel", "moon", "cell", "ihc")  # ship with scikit-image
+_TEXTURES = ("brick", "grass", "gravel", "moon", "ihc")  # ship with scikit-image
 _DATASET_FILES = ("train.jsonl", "questions.jsonl", "images")
 _IMAGE_NAME = re.compile(r"[0-9]{6}\.png")
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -298,7 +298,7 @@ def make_scene(
     """
     low, high = objects
     if not 1 <= low <= high:
-        raise ValueError(f"objects must be a range (low, high) with 1 <= low <= high, got {objects}")
+        raise ValueError(f"objects must be (low, high) with 1 <= low <= high, got {objects}")
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32 pixels, got {image_size}")
     width = round(image_size * rng.uniform(0.75, 1.25))
@@ -312,7 +312,7 @@ def make_scene(
     # (class, its pixels still uncovered, its pixel box, how many pixels it had uncovered)
     placed: list[tuple[ObjectClass, np.ndarray, tuple[int, int, int, int], int]] = []
     for cls in _pick_classes(rng, count):
-        size = short * math.exp(rng.uniform(math.log(MIN_SIZE), math.log(largest)))
+        size = short * rng.uniform(MIN_SIZE, largest)
         for attempt in range(60):
             if attempt and attempt % 15 == 0:
                 size = max(MIN_SIZE * short, size * 0.75)  # crowded: try smaller
@@ -489,10 +489,19 @@ _RELATION = {  # direction -> question phrasings
     "below": ("Is the {a} below the {b}?", "Is the {a} lower than the {b}?"),
 }
 _WHICH_OF_TWO = {
-    "left": ("Which is further left, the {a} or the {b}?", "Which one is on the left: the {a} or the {b}?"),
-    "right": ("Which is further right, the {a} or the {b}?", "Which one is on the right: the {a} or the {b}?"),
+    "left": (
+        "Which is further left, the {a} or the {b}?",
+        "Which one is on the left: the {a} or the {b}?",
+    ),
+    "right": (
+        "Which is further right, the {a} or the {b}?",
+        "Which one is on the right: the {a} or the {b}?",
+    ),
     "above": ("Which is higher, the {a} or the {b}?", "Which one is on top: the {a} or the {b}?"),
-    "below": ("Which is lower, the {a} or the {b}?", "Which one is at the bottom: the {a} or the {b}?"),
+    "below": (
+        "Which is lower, the {a} or the {b}?",
+        "Which one is at the bottom: the {a} or the {b}?",
+    ),
 }
 _EXTREME = {
     "biggest": ("Which object is the biggest?", "What is the largest object in the image?"),
@@ -697,7 +706,10 @@ def _ask_corner(view: _View, rng: np.random.Generator) -> QA | None:
 
 
 def _ask_gcap(view: _View, rng: np.random.Generator) -> QA:
-    parts = [f"{view.phrase(n)} {format_boxes(_left_to_right(view.groups[n]))}" for n in view.ordered]
+    parts = [
+        f"{view.phrase(name)} {format_boxes(_left_to_right(view.groups[name]))}"
+        for name in view.ordered
+    ]
     return _pick(rng, _GCAP), _capital(_join(parts)) + "."
 
 
@@ -724,14 +736,21 @@ def ask(scene: Scene, kind: str, rng: np.random.Generator) -> QA | None:
     return _ASKERS[kind](_View(scene), rng)
 
 
-def _ask_some(view: _View, rng: np.random.Generator, exclude: set[str]) -> tuple[str, QA]:
-    """A (kind, (question, answer)) drawn by `_WEIGHTS`; the question is not in `exclude`."""
+def _key(kind: str, qa: QA) -> tuple[str, str]:
+    """What makes two turns the same: the answer for box-writing tasks, else the question."""
+    return (kind, qa[1]) if kind in ("rec", "gcap", "caption") else (kind, qa[0])
+
+
+def _ask_some(
+    view: _View, rng: np.random.Generator, exclude: set[tuple[str, str]]
+) -> tuple[str, QA]:
+    """A (kind, (question, answer)) drawn by `_WEIGHTS`, unlike the turns keyed in `exclude`."""
     for _ in range(20):
         kind = TASK_TYPES[int(rng.choice(len(TASK_TYPES), p=_WEIGHTS))]
         qa = _ASKERS[kind](view, rng)
-        if qa is not None and qa[0] not in exclude:
+        if qa is not None and _key(kind, qa) not in exclude:
             return kind, qa
-    return "gcap", _ask_gcap(view, rng)  # always applies
+    return "exist", _ask_exist(view, rng)  # always applies
 
 
 def scene_conversations(scene: Scene, rng: np.random.Generator) -> list[dict]:
@@ -747,7 +766,7 @@ def scene_conversations(scene: Scene, rng: np.random.Generator) -> list[dict]:
         messages, kinds, asked = [], [], set()
         for _ in range(turns):
             kind, (question, answer) = _ask_some(view, rng, asked)
-            asked.add(question)
+            asked.add(_key(kind, (question, answer)))
             kinds.append(kind)
             messages.append({"role": "user", "content": question})
             messages.append({"role": "assistant", "content": answer})
@@ -839,10 +858,8 @@ def write_dataset(
             objects = [{"name": o.name, "box": _rounded(o.box)} for o in scene.objects]
             for conv in scene_conversations(scene, np.random.default_rng([seed, i, 1])):
                 kinds[conv["kind"]] += 1
-                train.write(
-                    {"image": image, "messages": conv["messages"], "kind": conv["kind"],
-                     "objects": objects}
-                )
+                record = {"image": image, "messages": conv["messages"], "kind": conv["kind"]}
+                train.write({**record, "objects": objects})
             per_type: Counter[str] = Counter()
             for item in scene_questions(scene, np.random.default_rng([seed, i, 2])):
                 kind = item["type"]

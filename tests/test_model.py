@@ -1,0 +1,171 @@
+"""The vision-language model: routing, gradients, expert initialisation, caching, checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny import tiny_config
+
+from cogvlm_lite.conversation import IGNORE, IMAGE_TOKEN_ID
+from cogvlm_lite.decoder import Decoder
+from cogvlm_lite.model import CheckpointError, build_model, load_model
+
+
+def image(seed=0, size=(80, 60)):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def prompt_with_image(model, text="Where is the dog?"):
+    enc = model.builder.encode([{"role": "user", "content": text}],
+                               image_tokens=model.adapter.num_tokens)
+    return torch.tensor([enc.input_ids])
+
+
+def test_text_only_logits_are_the_plain_decoders(tiny_model, tiny_lm_dir):
+    ids = torch.randint(0, 300, (2, 11))
+    plain = Decoder.from_pretrained(tiny_lm_dir)
+    with torch.no_grad():
+        assert torch.equal(tiny_model(input_ids=ids).logits, plain.logits(plain(ids)))
+
+
+def test_image_tokens_positions_and_types(tiny_model):
+    ids = prompt_with_image(tiny_model)
+    i = ids[0].tolist().index(IMAGE_TOKEN_ID)
+    n = tiny_model.adapter.num_tokens
+    embeds = tiny_model.image_embeddings([image()])
+    inputs = tiny_model.prepare(ids, embeds)
+    pos = inputs.position_ids[0].tolist()
+    types = inputs.token_type_ids[0].tolist()
+    assert len(pos) == ids.shape[1] - 1 + n
+    assert pos[i] == i and set(pos[i + 1 : i + n - 1]) == {i + 1} and pos[i + n - 1] == i + 2
+    assert pos[i + n] == i + 3  # text after the image continues
+    assert types[:i] == [0] * i and types[i : i + n - 1] == [1] * (n - 1) and types[i + n - 1] == 0
+
+
+def test_only_expert_and_adapter_get_gradients(tiny_model):
+    tiny_model.train()
+    ids = prompt_with_image(tiny_model)
+    labels = ids.clone()
+    labels[labels == IMAGE_TOKEN_ID] = IGNORE
+    out = tiny_model(input_ids=ids, images=[image()], labels=labels)
+    # Make the low-rank "up" factors non-zero so every expert weight gets a gradient.
+    out.loss.backward()
+    grads = {n for n, p in tiny_model.named_parameters() if p.grad is not None}
+    assert grads and all(n.startswith("adapter.") or ".expert." in n for n in grads)
+    assert any(".expert." in n for n in grads) and any(n.startswith("adapter.") for n in grads)
+    for n, p in tiny_model.named_parameters():
+        if n.startswith(("lm.", "encoder.")) and ".expert." not in n:
+            assert not p.requires_grad, n
+
+
+def layer1_image_outputs(model, ids, embeds, use_expert: bool):
+    inputs = model.prepare(ids, embeds)
+    route = None
+    if use_expert:
+        from cogvlm_lite.expert import Route
+
+        route = Route(inputs.token_type_ids)
+    layer = model.lm.layers[0]
+    cos, sin = model.lm.rotary(inputs.position_ids, inputs.embeds.dtype)
+    with torch.no_grad():
+        out = layer(inputs.embeds, cos, sin, None, None, route)
+    return out[inputs.token_type_ids.bool()]
+
+
+def test_expert_at_init_equals_language_weights(tiny_lm_dir, tiny_encoder_file):
+    low = build_model(tiny_config(tiny_lm_dir, tiny_encoder_file), device="cpu")
+    full = build_model(tiny_config(tiny_lm_dir, tiny_encoder_file, kind="full"), device="cpu")
+    ids = prompt_with_image(low)
+    embeds = low.image_embeddings([image()])
+    reference = layer1_image_outputs(low, ids, embeds, use_expert=False)
+    assert torch.allclose(layer1_image_outputs(low, ids, embeds, True), reference, atol=1e-6)
+    assert torch.allclose(layer1_image_outputs(full, ids, embeds, True), reference, atol=1e-6)
+
+
+def test_trained_expert_changes_only_image_tokens(tiny_model):
+    with torch.no_grad():
+        for layer in tiny_model.lm.layers:
+            for part in layer.expert.parts.values():
+                part.up.weight.normal_(0, 0.5)
+    ids = prompt_with_image(tiny_model)
+    embeds = tiny_model.image_embeddings([image()])
+    inputs = tiny_model.prepare(ids, embeds)
+    with torch.no_grad():
+        routed = tiny_model.hidden_states(inputs)
+        inputs.token_type_ids.zero_()
+        plain = tiny_model.hidden_states(inputs)
+    i = ids[0].tolist().index(IMAGE_TOKEN_ID)
+    assert torch.equal(routed[0, :i], plain[0, :i])  # text before the image is untouched
+    assert not torch.allclose(routed[0, i + 1], plain[0, i + 1])
+
+
+def test_cached_multi_turn_equals_recomputing(tiny_model):
+    im = image(1)
+    kwargs = dict(max_new_tokens=12)
+    first = tiny_model.chat(im, "Where is the dog?", **kwargs)
+    history = [("Where is the dog?", first)]
+    second = tiny_model.chat(im, "How many cats are there?", history, **kwargs)
+    assert tiny_model._session["cache"].length > 0
+    tiny_model.reset()
+    assert tiny_model.chat(im, "How many cats are there?", history, **kwargs) == second
+    # The stream's last value is the whole reply.
+    tiny_model.reset()
+    assert list(tiny_model.stream_chat(im, "Where is the dog?", **kwargs))[-1] == first
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_model):
+    kwargs = dict(temperature=1.0, top_p=0.9, top_k=50, seed=3, max_new_tokens=10)
+    a = tiny_model.chat(image(), "Describe the image.", **kwargs)
+    tiny_model.reset()
+    assert tiny_model.chat(image(), "Describe the image.", **kwargs) == a
+
+
+def test_checkpoint_round_trip(tiny_model, tmp_path):
+    with torch.no_grad():
+        tiny_model.adapter.boi.add_(1.0)
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert meta["base"]["language_model"] and meta["trainable_parameters"] > 0
+    again = load_model(tmp_path / "ckpt", device="cpu")
+    assert torch.equal(again.adapter.boi, tiny_model.adapter.boi)
+    assert again.trainable_state_dict().keys() == tiny_model.trainable_state_dict().keys()
+
+
+def test_checkpoint_on_another_base_is_refused(tiny_model, tmp_path):
+    from tiny import write_tiny_lm
+
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    other = write_tiny_lm(tmp_path / "other-lm", seed=1)
+    meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    meta["config"]["language_model"] = str(other)
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="different base model"):
+        load_model(tmp_path / "ckpt", device="cpu")
+
+
+def test_damaged_or_missing_checkpoints(tiny_model, tmp_path):
+    with pytest.raises(CheckpointError, match="not a cogvlm_lite checkpoint"):
+        load_model(tmp_path, device="cpu")
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_model(tmp_path / "ckpt", device="cpu")
+
+
+def test_two_images_in_one_sequence_are_refused(tiny_model):
+    ids = torch.tensor([[5, IMAGE_TOKEN_ID, 6, IMAGE_TOKEN_ID]])
+    with pytest.raises(ValueError, match="one image"):
+        tiny_model(input_ids=ids, images=[image(), image()])
+
+
+@pytest.mark.weights
+def test_default_model_text_is_exactly_the_base_lm(default_model):
+    from cogvlm_lite.weights import default_lm_dir
+
+    plain = Decoder.from_pretrained(default_lm_dir())
+    ids = default_model.tokenizer("Hello, my name is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(default_model(input_ids=ids).logits, plain.logits(plain(ids)))
