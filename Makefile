@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-fast lint browser clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -16,12 +17,20 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# The browser tests drive Debian's Chromium; nothing downloads a browser of its own.
+browser:
+	@test -x $(CHROMIUM) || { apt-get update -qq && apt-get install -y -qq chromium; }
+
 demo: $(STAMP)
 	$(BIN)/python app.py
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# Mechanics only: skips the tests that need the packaged pretrained weights.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not weights"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -738,7 +738,7 @@ def ask(scene: Scene, kind: str, rng: np.random.Generator) -> QA | None:
 
 def _key(kind: str, qa: QA) -> tuple[str, str]:
     """What makes two turns the same: the answer for box-writing tasks, else the question."""
-    return (kind, qa[1]) if kind in ("rec", "gcap", "caption") else (kind, qa[0])
+    return (kind, qa[1]) if kind in ("rec", "count", "gcap", "caption") else (kind, qa[0])
 
 
 def _ask_some(

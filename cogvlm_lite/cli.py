@@ -1,0 +1,134 @@
+"""The `cogvlm-lite` command (also `python -m cogvlm_lite`): one entry point, a subcommand each."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cogvlm-lite", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("chat", help="interactive chat in the terminal, streaming")
+    p.add_argument("--image", help="an image to talk about")
+    add_model_arguments(p)
+    add_generation_arguments(p)
+    p.add_argument("--system", help="system prompt (default: the chat template's own)")
+    p.set_defaults(run=run_chat)
+
+    p = sub.add_parser("scenes", help="write a synthetic grounded data set (images + JSONL)")
+    p.add_argument("--n", type=int, required=True, help="number of scenes")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--force", action="store_true", help="overwrite an existing data set")
+    p.set_defaults(run=run_scenes)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: none)")
+    add_model_arguments(p)
+    p.set_defaults(run=run_serve)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"cogvlm-lite {args.command}: {e}", file=sys.stderr)
+        return 1
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="a fine-tuned checkpoint folder (default: the embedded model)")
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ...")
+
+
+def add_generation_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+
+
+def generation_kwargs(args) -> dict:
+    return dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens)
+
+
+def run_chat(args) -> int:
+    from .images import ImageError, load_image
+    from .model import load_model
+
+    model = load_model(args.checkpoint, device=args.device)
+    interactive = sys.stdin.isatty()
+    image, history = None, []
+    if args.image:
+        image = load_image(args.image)
+    if interactive:
+        print("Type a message. Commands: 'image PATH' switches image, 'clear' starts over, "
+              "'exit' quits.")
+    while True:
+        if interactive:
+            print("> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("exit", "quit"):
+            break
+        if line == "clear":
+            history = []
+            model.reset()
+            print("(conversation cleared)")
+            continue
+        if line.startswith("image "):
+            try:
+                image = load_image(line[6:].strip())
+            except ImageError as e:
+                print(f"error: {e}")
+                continue
+            history = []
+            print(f"(new image: {image.width}x{image.height}; conversation cleared)")
+            continue
+        shown = ""
+        try:
+            for text in model.stream_chat(image, line, history, system=args.system,
+                                          **generation_kwargs(args)):
+                print(text[len(shown):], end="", flush=True)
+                shown = text
+        except ValueError as e:
+            print(f"error: {e}")
+            continue
+        print()
+        history.append((line, shown))
+    return 0
+
+
+def run_scenes(args) -> int:
+    import json
+
+    from .scenes import write_dataset
+
+    summary = write_dataset(args.out, args.n, args.seed, image_size=args.image_size,
+                            force=args.force)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def run_serve(args) -> int:
+    from .serve import run_server
+
+    run_server(host=args.host, port=args.port, checkpoint=args.checkpoint, device=args.device,
+               api_key=args.api_key)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
