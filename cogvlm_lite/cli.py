@@ -25,6 +25,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="overwrite an existing data set")
     p.set_defaults(run=run_scenes)
 
+    p = sub.add_parser("vqa", help="batch grounded VQA: answer every question of a JSONL file")
+    p.add_argument("--data", required=True, help="questions JSONL (id, image, question, ...)")
+    p.add_argument("--out", required=True, help="predictions JSONL; existing ids are skipped")
+    add_model_arguments(p)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--limit", type=int, help="answer at most this many questions")
+    p.set_defaults(run=run_vqa)
+
+    p = sub.add_parser("eval", help="score predictions; prints JSON metrics per task type")
+    p.add_argument("--data", required=True, help="questions JSONL with reference answers")
+    p.add_argument("--pred", required=True, help="predictions JSONL (id, prediction)")
+    p.set_defaults(run=run_eval)
+
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP API")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -119,6 +132,23 @@ def run_scenes(args) -> int:
     summary = write_dataset(args.out, args.n, args.seed, image_size=args.image_size,
                             force=args.force)
     print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def run_vqa(args) -> int:
+    from .evaluate import run_vqa
+
+    run_vqa(args.data, args.out, checkpoint=args.checkpoint, device=args.device,
+            max_new_tokens=args.max_new_tokens, limit=args.limit)
+    return 0
+
+
+def run_eval(args) -> int:
+    import json
+
+    from .evaluate import score_files
+
+    print(json.dumps(score_files(args.data, args.pred), indent=2))
     return 0
 
 

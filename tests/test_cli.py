@@ -1,0 +1,62 @@
+"""The command line: every subcommand exercised in a real subprocess."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def cli(*args, stdin: str = "", timeout: int = 120):
+    return subprocess.run([sys.executable, "-m", "cogvlm_lite", *args], input=stdin,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def tiny_checkpoint(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def test_help_lists_the_commands():
+    out = cli("--help")
+    assert out.returncode == 0
+    for command in ("chat", "scenes", "serve"):
+        assert command in out.stdout
+
+
+def test_chat_on_a_piped_conversation(tiny_checkpoint, tmp_path):
+    picture = tmp_path / "a.png"
+    Image.fromarray(np.full((40, 50, 3), 200, np.uint8)).save(picture)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    script = "\n".join([
+        "Where is the dog?",
+        f"image {tmp_path / 'bad.png'}",
+        f"image {picture}",
+        "How many cats are there?",
+        "clear",
+        "Describe the image.",
+    ]) + "\n"
+    out = cli("chat", "--checkpoint", str(tiny_checkpoint), "--image", str(picture),
+              "--max-new-tokens", "4", "--device", "cpu", stdin=script)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert any("not an image" in line.lower() or "cannot" in line.lower() for line in lines)
+    assert "(new image: 50x40; conversation cleared)" in lines
+    assert "(conversation cleared)" in lines
+    assert len([line for line in lines if not line.startswith(("(", "error"))]) >= 3
+
+
+def test_chat_with_a_missing_image_fails_clearly(tiny_checkpoint, tmp_path):
+    out = cli("chat", "--checkpoint", str(tiny_checkpoint), "--image", str(tmp_path / "nope.png"))
+    assert out.returncode == 1
+    assert "nope.png" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.weights
+def test_default_chat_cli_answers(tmp_path):
+    out = cli("chat", "--max-new-tokens", "20", "--device", "cpu",
+              stdin="What is the capital of France? Answer briefly.\n")
+    assert out.returncode == 0, out.stderr
+    assert "Paris" in out.stdout

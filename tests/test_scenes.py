@@ -1,0 +1,328 @@
+"""Tests for the synthetic grounded scenes: glyphs, boxes, determinism, JSONL schema, answers."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cogvlm_lite.grounding import parse_boxes, parse_groundings
+from cogvlm_lite.scenes import (
+    MAX_IOU,
+    TASK_TYPES,
+    Scene,
+    make_scene,
+    render_glyph,
+    scene_conversations,
+    scene_questions,
+    vocabulary,
+    write_dataset,
+)
+
+TOL = 1 / 1000 + 1e-9  # a [[...]] value is the relative coordinate rounded to 1/1000
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("scenes") / "data"
+    return out, write_dataset(out, 20, seed=0)
+
+
+@pytest.fixture(scope="module")
+def scenes() -> list[Scene]:
+    return [make_scene(np.random.default_rng([3, i])) for i in range(20)]
+
+
+# --- vocabulary and glyphs -------------------------------------------------------------------
+
+
+def test_vocabulary_is_curated_and_unique():
+    vocab = vocabulary()
+    assert 200 <= len(vocab) <= 300
+    names = [c.name for c in vocab]
+    assert len(set(names)) == len(names)
+    assert len({c.hexcode for c in vocab}) == len(vocab)
+    for cls in vocab:
+        assert cls.name == cls.name.strip().lower() and cls.plural.strip()
+        assert "\t" not in cls.name and "[" not in cls.name
+
+
+def test_every_glyph_renders_in_colour():
+    for cls in vocabulary():
+        glyph = np.asarray(render_glyph(cls, 40))
+        assert max(glyph.shape[:2]) == 40, cls
+        opaque = glyph[glyph[..., 3] >= 128][:, :3].astype(int)
+        assert len(opaque) > 40, f"{cls.name} ({cls.hexcode}) draws (almost) nothing"
+        # A colour glyph has fills besides its dark outline.
+        light = opaque[opaque.max(axis=1) > 100]
+        assert len(light) > 0.1 * len(opaque), f"{cls.name} ({cls.hexcode}) is not in colour"
+
+
+# --- scenes ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_box_is_tight_around_visible_pixels(seed):
+    scene = make_scene(np.random.default_rng([11, seed]), objects=(1, 1), backgrounds=("solid",))
+    assert len(scene.objects) == 1
+    pixels = np.asarray(scene.image).astype(int)
+    colours, counts = np.unique(pixels.reshape(-1, 3), axis=0, return_counts=True)
+    diff = np.abs(pixels - colours[counts.argmax()]).max(axis=2)
+    width, height = scene.image.size
+    x0, y0, x1, y1 = scene.objects[0].box
+    box = round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height)
+
+    def bbox(mask):
+        ys, xs = np.nonzero(mask)
+        return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+
+    strong, faint = bbox(diff > 48), bbox(diff > 0)
+    # Every clearly drawn pixel is inside the box, and the box is inside the drawn area.
+    assert box[0] <= strong[0] and box[1] <= strong[1]
+    assert box[2] >= strong[2] and box[3] >= strong[3]
+    assert faint[0] <= box[0] and faint[1] <= box[1]
+    assert faint[2] >= box[2] and faint[3] >= box[3]
+
+
+def test_scene_sizes_counts_and_overlap(scenes):
+    counts = Counter()
+    for scene in scenes:
+        width, height = scene.image.size
+        assert scene.image.mode == "RGB"
+        assert 0.75 * 256 - 1 <= width <= 1.25 * 256 + 1
+        assert 0.75 * 256 - 1 <= height <= 1.25 * 256 + 1
+        assert 1 <= len(scene.objects) <= 8
+        counts[len(scene.objects)] += 1
+        for i, a in enumerate(scene.objects):
+            x0, y0, x1, y1 = a.box
+            assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+            for b in scene.objects[:i]:
+                inter_w = min(a.box[2], b.box[2]) - max(a.box[0], b.box[0])
+                inter_h = min(a.box[3], b.box[3]) - max(a.box[1], b.box[1])
+                inter = max(0, inter_w) * max(0, inter_h)
+                union = (x1 - x0) * (y1 - y0) + (b.box[2] - b.box[0]) * (b.box[3] - b.box[1])
+                assert inter / (union - inter) <= MAX_IOU + 0.05
+    assert len(counts) >= 4  # varied numbers of objects
+    assert any(len({o.name for o in s.objects}) < len(s.objects) for s in scenes)  # duplicates
+
+
+def test_points_are_inside_the_named_object(scenes):
+    found = 0
+    for k, scene in enumerate(scenes):
+        width, height = scene.image.size
+        for conv in scene_conversations(scene, np.random.default_rng([5, k])):
+            messages = conv["messages"]
+            for question, answer in zip(messages[::2], messages[1::2], strict=True):
+                groups = parse_groundings(question["content"])
+                if not groups or not groups[0].points:
+                    continue
+                x, y = groups[0].points[0]
+                px, py = min(int(x * width), width - 1), min(int(y * height), height - 1)
+                owners = [o for o in scene.objects if o.mask[py, px]]
+                assert [o.name for o in owners] == [_name_of(answer["content"])]
+                found += 1
+    assert found >= 3
+
+
+# --- data set files --------------------------------------------------------------------------
+
+
+def test_same_seed_gives_identical_files_and_prefixes(tmp_path):
+    a = write_dataset(tmp_path / "a", 5, seed=0)
+    b = write_dataset(tmp_path / "b", 5, seed=0)
+    short = write_dataset(tmp_path / "short", 3, seed=0)
+    other = write_dataset(tmp_path / "other", 3, seed=1)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert a["question_types"] == b["question_types"]
+    for name in ("train.jsonl", "questions.jsonl"):
+        full = (tmp_path / "a" / name).read_bytes()
+        assert full.startswith((tmp_path / "short" / name).read_bytes())
+        assert (tmp_path / "other" / name).read_bytes() != full[: len(full) // 2]
+    for i in range(3):
+        image = f"images/{i:06d}.png"
+        assert (tmp_path / "short" / image).read_bytes() == (tmp_path / "a" / image).read_bytes()
+        assert (tmp_path / "other" / image).read_bytes() != (tmp_path / "a" / image).read_bytes()
+    assert short["scenes"] == 3 and other["seed"] == 1
+
+
+def test_refuses_to_overwrite_without_force(tmp_path):
+    out = tmp_path / "data"
+    write_dataset(out, 3, seed=0)
+    before = _files(out)
+    with pytest.raises(FileExistsError, match="force"):
+        write_dataset(out, 3, seed=1)
+    assert _files(out) == before
+    summary = write_dataset(out, 2, seed=1, force=True)
+    assert summary["scenes"] == 2
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["000000.png", "000001.png"]
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(ValueError, match="at least 1"):
+        write_dataset(tmp_path / "empty", 0)
+
+
+def test_jsonl_schema(dataset):
+    out, summary = dataset
+    assert summary["scenes"] == 20
+    train = _read_jsonl(out / "train.jsonl")
+    questions = _read_jsonl(out / "questions.jsonl")
+    assert len(train) == summary["conversations"] and len(questions) == summary["question_count"]
+    for record in train:
+        assert list(record) == ["image", "messages", "kind", "objects"]
+        assert (out / record["image"]).is_file()
+        assert record["kind"] in (*TASK_TYPES, "multi")
+        roles = [m["role"] for m in record["messages"]]
+        assert roles == ["user", "assistant"] * (len(roles) // 2) and roles
+        assert (len(roles) > 2) == (record["kind"] == "multi")
+        assert all(isinstance(m["content"], str) and m["content"] for m in record["messages"])
+        for obj in record["objects"]:
+            assert list(obj) == ["name", "box"] and len(obj["box"]) == 4
+            assert all(round(v, 4) == v and 0 <= v <= 1 for v in obj["box"])
+    ids = [q["id"] for q in questions]
+    assert len(set(ids)) == len(ids)
+    for q in questions:
+        assert list(q) == ["id", "image", "question", "answer", "type"]
+        assert (out / q["image"]).is_file()
+        assert re.fullmatch(r"[0-9]{6}-[a-z]+-[0-9]+", q["id"]) and q["type"] in q["id"]
+    assert (out / "ATTRIBUTION.txt").read_text().startswith("Object images: OpenMoji")
+
+
+def test_every_task_type_is_present(dataset):
+    out, summary = dataset
+    assert set(summary["question_types"]) == set(TASK_TYPES)
+    assert set(TASK_TYPES) | {"multi"} == set(summary["conversation_kinds"])
+    turns = [
+        (m["content"], a["content"])
+        for r in _read_jsonl(out / "train.jsonl")
+        for m, a in zip(r["messages"][::2], r["messages"][1::2], strict=True)
+    ]
+    assert any(re.fullmatch(r"\[\[[0-9,]+(;[0-9,]+)+\]\]", a) for _, a in turns)  # all the dogs
+    assert any(re.search(r"\[\[[0-9]{3},[0-9]{3}\]\]", q) for q, _ in turns)  # point -> name
+    assert any("most" in q and a.startswith("[[") for q, a in turns)  # the leftmost dog
+    assert any(a == "No." for _, a in turns) and any(a == "Yes." for _, a in turns)
+
+
+# --- answers agree with the objects ----------------------------------------------------------
+
+_COUNT = re.compile(r"There (?:is|are) ([0-9]+) (.+)\.")
+_EXIST = re.compile(
+    r"(?:Is there|Does the image contain|Can you see) an? (.+?)"
+    r"(?: in the image| in the picture| in this picture)?\?"
+)
+_RELATION = re.compile(
+    r"Is the (.+) (to the left of|left of|to the right of|right of|above|higher than|below|"
+    r"lower than) the (.+)\?"
+)
+_DIRECTION = {
+    "to the left of": "left",
+    "left of": "left",
+    "to the right of": "right",
+    "right of": "right",
+    "above": "above",
+    "higher than": "above",
+    "below": "below",
+    "lower than": "below",
+}
+_NAMES = {c.name for c in vocabulary()}
+_PLURALS = {c.plural: c.name for c in vocabulary()}  # plural -> name
+_PLURAL_OF = {c.name: c.plural for c in vocabulary()}
+
+
+def _name_of(answer: str) -> str:
+    """'A dog.' -> 'dog'."""
+    match = re.fullmatch(r"(?:A|An|The) (.+)\.", answer)
+    assert match, answer
+    return match.group(1)
+
+
+def _close(a, b) -> bool:
+    return all(abs(x - y) <= TOL for x, y in zip(a, b, strict=True))
+
+
+def _check_turn(kind: str, question: str, answer: str, objects: list[dict]) -> None:
+    names = Counter(o["name"] for o in objects)
+    boxes = {n: [o["box"] for o in objects if o["name"] == n] for n in names}
+    if kind == "rec":
+        found = parse_boxes(answer)
+        assert found and answer.startswith("[[") and answer.endswith("]]")
+        owners = {n for n in names for b in found if any(_close(b, ob) for ob in boxes[n])}
+        assert len(owners) == 1, (question, answer)
+        owner = owners.pop()
+        assert owner in question or _PLURAL_OF[owner] in question
+        if len(found) > 1:  # all of them, left to right
+            assert len(found) == names[owner] and found == sorted(found)
+    elif kind == "reg":
+        name = _name_of(answer)
+        group = parse_groundings(question)[0]
+        if group.boxes:
+            assert any(_close(group.boxes[0], b) for b in boxes[name])
+        else:
+            x, y = group.points[0]
+            assert any(b[0] <= x <= b[2] and b[1] <= y <= b[3] for b in boxes[name])
+    elif kind == "count":
+        number, noun = _COUNT.fullmatch(answer).groups()
+        total = noun in ("object", "objects")
+        assert int(number) == (len(objects) if total else names[_PLURALS.get(noun, noun)])
+    elif kind == "exist":
+        name = _EXIST.fullmatch(question).group(1)
+        assert name in _NAMES
+        assert answer == ("Yes." if name in names else "No.")
+    elif kind == "spatial":
+        match = _RELATION.fullmatch(question)
+        if match:
+            a, relation, b = match.groups()
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes[a][0], boxes[b][0]
+            dx, dy = (ax0 + ax1 - bx0 - bx1) / 2, (ay0 + ay1 - by0 - by1) / 2
+            holds = {"left": dx < 0, "right": dx > 0, "above": dy < 0, "below": dy > 0}
+            expected = "Yes." if holds[_DIRECTION[relation]] else "No."
+            assert answer == expected, (question, answer)
+        else:
+            name = _name_of(answer)
+            assert names[name] == 1 and name in _NAMES
+    elif kind == "gcap":
+        found = parse_boxes(answer)
+        assert len(found) == len(objects)
+        for obj in objects:
+            assert any(_close(obj["box"], b) for b in found)
+        assert answer[0].isupper() and answer.endswith("]].")
+    elif kind == "caption":
+        assert "[[" not in answer and answer.endswith(".")
+        for name, count in names.items():
+            assert (name if count == 1 else _PLURAL_OF[name]) in answer
+
+
+def test_answers_agree_with_objects(dataset):
+    out, _ = dataset
+    train = _read_jsonl(out / "train.jsonl")
+    for record in train:
+        if record["kind"] == "multi":
+            continue
+        question, answer = (m["content"] for m in record["messages"])
+        _check_turn(record["kind"], question, answer, record["objects"])
+    objects = {r["image"]: r["objects"] for r in train}
+    for q in _read_jsonl(out / "questions.jsonl"):
+        _check_turn(q["type"], q["question"], q["answer"], objects[q["image"]])
+
+
+def test_building_blocks_on_one_scene():
+    scene = make_scene(np.random.default_rng([0, 0]), image_size=128, objects=(3, 3))
+    assert 96 <= min(scene.image.size) and max(scene.image.size) <= 160
+    rng = np.random.default_rng(1)
+    conversations = scene_conversations(scene, rng)
+    assert 3 <= len(conversations) <= 5
+    assert {"kind", "messages"} <= set(conversations[0])
+    questions = scene_questions(scene, rng)
+    assert questions[0]["type"] == "rec" and len(questions) <= 4
+    with pytest.raises(ValueError, match="low <= high"):
+        make_scene(rng, objects=(3, 2))
