@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="overwrite an existing data set")
     p.set_defaults(run=run_scenes)
 
+    p = sub.add_parser("train", help="fine-tune the visual expert (+ adapter); resumable; torchrun-ready")
+    add_dataclass_arguments(p, "TrainConfig")
+    p.set_defaults(run=run_train)
+
     p = sub.add_parser("vqa", help="batch grounded VQA: answer every question of a JSONL file")
     p.add_argument("--data", required=True, help="questions JSONL (id, image, question, ...)")
     p.add_argument("--out", required=True, help="predictions JSONL; existing ids are skipped")
@@ -66,6 +70,27 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=256)
+
+
+def add_dataclass_arguments(p: argparse.ArgumentParser, name: str) -> None:
+    """One option per field of the training configuration (`--no-x` for flags on by default)."""
+    import dataclasses
+
+    from . import train
+
+    for f in dataclasses.fields(getattr(train, name)):
+        flag = "--" + f.name.replace("_", "-")
+        required = f.default is dataclasses.MISSING
+        if f.type in ("bool", bool):
+            if f.default:
+                p.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name,
+                               action="store_false")
+            else:
+                p.add_argument(flag, action="store_true")
+            continue
+        kind = {"int": int, "float": float}.get(str(f.type), str)
+        p.add_argument(flag, type=kind, required=required,
+                       default=None if required else f.default)
 
 
 def generation_kwargs(args) -> dict:
@@ -132,6 +157,20 @@ def run_scenes(args) -> int:
     summary = write_dataset(args.out, args.n, args.seed, image_size=args.image_size,
                             force=args.force)
     print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def run_train(args) -> int:
+    import dataclasses
+    import json
+    import logging
+
+    from .train import TrainConfig, train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    print(json.dumps(train(config)))
     return 0
 
 

@@ -201,10 +201,11 @@ class VisionLanguageModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, images=None, *, image_features=None,
                 attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> Output:
-        """Logits like a transformers model; with `labels`, the mean next-token loss.
+                labels: torch.Tensor | None = None, loss_reduction: str = "mean") -> Output:
+        """Logits like a transformers model; with `labels`, the next-token loss.
 
-        With labels, logits are computed only where there is a label (cheaper) and returned flat.
+        With labels, logits are computed only where there is a label (cheaper) and returned
+        flat; `loss_reduction` is "mean" or "sum" over the labelled tokens.
         """
         embeds = None
         if images is not None or image_features is not None:
@@ -218,7 +219,7 @@ class VisionLanguageModel(nn.Module):
         target = inputs.labels[:, 1:]
         keep = target != IGNORE
         logits = self.lm.logits(hidden[:, :-1][keep])
-        loss = F.cross_entropy(logits.float(), target[keep]) if keep.any() else logits.sum() * 0
+        loss = F.cross_entropy(logits.float(), target[keep], reduction=loss_reduction)
         return Output(logits, loss)
 
     # ---------------------------------------------------------------- chat
@@ -318,7 +319,15 @@ class VisionLanguageModel(nn.Module):
         return {k: v for k, v in self.state_dict().items() if is_trainable_key(k)}
 
     def fingerprint(self) -> dict:
-        """Identifies the base LM and encoder, so a checkpoint is not loaded onto others."""
+        """Identifies the base LM and encoder, so a checkpoint is not loaded onto others.
+
+        Computed once, from the weights as loaded (before any cast for training).
+        """
+        if getattr(self, "_fingerprint", None) is None:
+            self._fingerprint = self._compute_fingerprint()
+        return self._fingerprint
+
+    def _compute_fingerprint(self) -> dict:
         def digest(*tensors):
             h = hashlib.sha256()
             for t in tensors:
@@ -389,6 +398,7 @@ def build_model(config: ModelConfig | None = None, *, device: str | None = "auto
     encoder = ImageEncoder(config.vision)
     torch.manual_seed(seed)
     model = VisionLanguageModel(config, lm, tokenizer, encoder)
+    model.fingerprint()
     target = pick_device(device)
     if dtype is None:
         dtype = torch.bfloat16 if target.type == "cuda" else torch.float32

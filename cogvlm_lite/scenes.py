@@ -49,8 +49,8 @@ ATTRIBUTION = (
 TASK_TYPES = ("rec", "reg", "count", "exist", "spatial", "gcap", "caption")
 BACKGROUNDS = ("solid", "linear", "radial", "noise", "texture")
 
-MIN_SIZE = 0.08  # smallest object side, as a fraction of the shorter image side
-MAX_SIZE = 0.45  # largest
+MIN_SIZE = 0.08  # longer side of the smallest objects, as a fraction of the shorter image side
+MAX_SIZE = 0.45  # and of the largest
 VISIBLE_ALPHA = 32  # a glyph pixel counts as visible from this alpha on (of 255)
 COVER_ALPHA = 128  # a glyph hides what is behind it from this alpha on
 MAX_IOU = 0.3  # largest box IoU between two objects of one scene
@@ -79,7 +79,11 @@ class ObjectClass:
     @property
     def text(self) -> str:
         """The characters that draw this object with the OpenMoji font."""
-        return "".join(chr(int(part, 16)) for part in self.hexcode.split("-"))
+        return _characters(self.hexcode)
+
+
+def _characters(hexcode: str) -> str:
+    return "".join(chr(int(part, 16)) for part in hexcode.split("-"))
 
 
 @functools.lru_cache(maxsize=1)
@@ -134,10 +138,10 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(font_path()), size, layout_engine=ImageFont.Layout.BASIC)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)
 def _glyph(hexcode: str, font_size: int) -> Image.Image:
     """The glyph drawn in colour at `font_size`, cropped to its non-transparent pixels (RGBA)."""
-    text = ObjectClass(hexcode, "", "").text
+    text = _characters(hexcode)
     font = _font(font_size)
     left, top, right, bottom = font.getbbox(text)
     pad = 2
@@ -301,6 +305,9 @@ def make_scene(
         raise ValueError(f"objects must be (low, high) with 1 <= low <= high, got {objects}")
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32 pixels, got {image_size}")
+    unknown = [kind for kind in backgrounds if kind not in BACKGROUNDS]
+    if not backgrounds or unknown:
+        raise ValueError(f"backgrounds must be some of {BACKGROUNDS}, got {tuple(backgrounds)}")
     width = round(image_size * rng.uniform(0.75, 1.25))
     height = round(image_size * rng.uniform(0.75, 1.25))
     canvas = background(rng, width, height, backgrounds[rng.integers(len(backgrounds))])
@@ -737,7 +744,7 @@ def ask(scene: Scene, kind: str, rng: np.random.Generator) -> QA | None:
 
 
 def _key(kind: str, qa: QA) -> tuple[str, str]:
-    """What makes two turns the same: the answer for box-writing tasks, else the question."""
+    """What makes two turns alike: the answer for rec, count, gcap, caption; else the question."""
     return (kind, qa[1]) if kind in ("rec", "count", "gcap", "caption") else (kind, qa[0])
 
 
@@ -834,6 +841,8 @@ def write_dataset(
     if n < 1:
         raise ValueError(f"n must be at least 1 scene, got {n}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} is a file; --out must be a directory for the data set")
     images = out / "images"
     existing = [name for name in _DATASET_FILES if (out / name).exists()]
     if existing and not force:

@@ -12,9 +12,11 @@ import pytest
 
 from cogvlm_lite.grounding import parse_boxes, parse_groundings
 from cogvlm_lite.scenes import (
+    BACKGROUNDS,
     MAX_IOU,
     TASK_TYPES,
     Scene,
+    background,
     make_scene,
     render_glyph,
     scene_conversations,
@@ -65,12 +67,22 @@ def test_every_glyph_renders_in_colour():
         assert max(glyph.shape[:2]) == 40, cls
         opaque = glyph[glyph[..., 3] >= 128][:, :3].astype(int)
         assert len(opaque) > 40, f"{cls.name} ({cls.hexcode}) draws (almost) nothing"
-        # A colour glyph has fills besides its dark outline.
-        light = opaque[opaque.max(axis=1) > 100]
-        assert len(light) > 0.1 * len(opaque), f"{cls.name} ({cls.hexcode}) is not in colour"
+        # A colour glyph has fills besides its black outline.
+        filled = (opaque.max(axis=1) > 60).mean()
+        assert filled > 0.2, f"{cls.name} ({cls.hexcode}) is drawn without colour"
 
 
 # --- scenes ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", BACKGROUNDS)
+def test_backgrounds(kind):
+    image = background(np.random.default_rng(0), 50, 40, kind)
+    assert image.mode == "RGB" and image.size == (50, 40)
+    if kind != "solid":
+        assert np.asarray(image).std() > 0
+    with pytest.raises(ValueError, match="unknown background"):
+        background(np.random.default_rng(0), 50, 40, "stripes")
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -149,7 +161,7 @@ def test_same_seed_gives_identical_files_and_prefixes(tmp_path):
     for name in ("train.jsonl", "questions.jsonl"):
         full = (tmp_path / "a" / name).read_bytes()
         assert full.startswith((tmp_path / "short" / name).read_bytes())
-        assert (tmp_path / "other" / name).read_bytes() != full[: len(full) // 2]
+        assert (tmp_path / "other" / name).read_bytes() != (tmp_path / "short" / name).read_bytes()
     for i in range(3):
         image = f"images/{i:06d}.png"
         assert (tmp_path / "short" / image).read_bytes() == (tmp_path / "a" / image).read_bytes()
@@ -221,7 +233,7 @@ _EXIST = re.compile(
     r"(?: in the image| in the picture| in this picture)?\?"
 )
 _RELATION = re.compile(
-    r"Is the (.+) (to the left of|left of|to the right of|right of|above|higher than|below|"
+    r"Is the (.+?) (to the left of|left of|to the right of|right of|above|higher than|below|"
     r"lower than) the (.+)\?"
 )
 _DIRECTION = {
@@ -233,6 +245,34 @@ _DIRECTION = {
     "higher than": "above",
     "below": "below",
     "lower than": "below",
+}
+_WHICH = re.compile(
+    r"Which (?:is|one is) (further left|further right|higher|lower|on the left|on the right|"
+    r"on top|at the bottom)[,:] the (.+?) or the (.+?)\?"
+)
+_SIDE = {
+    "further left": "left",
+    "on the left": "left",
+    "further right": "right",
+    "on the right": "right",
+    "higher": "above",
+    "on top": "above",
+    "lower": "below",
+    "at the bottom": "below",
+}
+_WHICH_ONE = {
+    "leftmost": "left",
+    "on the left": "left",
+    "to the left": "left",
+    "rightmost": "right",
+    "on the right": "right",
+    "to the right": "right",
+    "topmost": "top",
+    "at the top": "top",
+    "highest": "top",
+    "bottommost": "bottom",
+    "at the bottom": "bottom",
+    "lowest": "bottom",
 }
 _NAMES = {c.name for c in vocabulary()}
 _PLURALS = {c.plural: c.name for c in vocabulary()}  # plural -> name
@@ -262,6 +302,11 @@ def _check_turn(kind: str, question: str, answer: str, objects: list[dict]) -> N
         assert owner in question or _PLURAL_OF[owner] in question
         if len(found) > 1:  # all of them, left to right
             assert len(found) == names[owner] and found == sorted(found)
+        elif names[owner] > 1:  # one of several: the leftmost, the one at the top, ...
+            side = next(side for words, side in _WHICH_ONE.items() if words in question)
+            axis, sign = {"left": (0, 1), "right": (0, -1), "top": (1, 1), "bottom": (1, -1)}[side]
+            centres = [sign * (b[axis] + b[axis + 2]) for b in boxes[owner]]
+            assert sign * (found[0][axis] + found[0][axis + 2]) <= min(centres) + 2 * TOL
     elif kind == "reg":
         name = _name_of(answer)
         group = parse_groundings(question)[0]
@@ -290,6 +335,20 @@ def _check_turn(kind: str, question: str, answer: str, objects: list[dict]) -> N
         else:
             name = _name_of(answer)
             assert names[name] == 1 and name in _NAMES
+            x0, y0, x1, y1 = boxes[name][0]
+            which = _WHICH.fullmatch(question)
+            if which:
+                side, a, b = which.groups()
+                assert name in (a, b)
+                box, other = boxes[name][0], boxes[b if name == a else a][0]
+                axis = 0 if _SIDE[side] in ("left", "right") else 1
+                gap = other[axis] + other[axis + 2] - box[axis] - box[axis + 2]  # 2 x centres
+                assert gap > 0 if _SIDE[side] in ("left", "above") else gap < 0
+            areas = [(o["box"][2] - o["box"][0]) * (o["box"][3] - o["box"][1]) for o in objects]
+            if "biggest" in question or "largest" in question:
+                assert (x1 - x0) * (y1 - y0) == max(areas)
+            if "smallest" in question:
+                assert (x1 - x0) * (y1 - y0) == min(areas)
     elif kind == "gcap":
         found = parse_boxes(answer)
         assert len(found) == len(objects)

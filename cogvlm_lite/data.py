@@ -1,0 +1,210 @@
+"""Training data: conversation files, encoded samples, frozen-encoder feature caching, batches.
+
+Two formats, one conversation per record, image paths relative to the file:
+
+- ours (JSONL): `{"image": "img/0001.png", "messages": [{"role": "user", "content": ...}, ...]}`
+- LLaVA (JSON list or JSONL): `{"image": ..., "conversations": [{"from": "human", "value":
+  "<image>\\nWhat is ..."}, {"from": "gpt", "value": ...}]}`
+
+The image always goes at the start of the first user turn (CogVLM takes one image, first), so
+LLaVA's `<image>` marker is dropped wherever it stands. Loss labels come from
+`ConversationBuilder.encode`: assistant tokens only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .conversation import IGNORE, IMAGE_TOKEN_ID, ConversationBuilder, validate
+
+log = logging.getLogger(__name__)
+
+LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+               "system": "system"}
+
+
+@dataclass
+class Sample:
+    image: Path | None
+    messages: list[dict]
+
+
+def read_conversations(path: str | Path, *, skip_bad: bool = False) -> list[Sample]:
+    """Read our JSONL or LLaVA JSON/JSONL; a bad record is an error naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training data {path} not found")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            records = [(i + 1, r) for i, r in enumerate(json.loads(text))]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+        where = "record"
+    else:
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                records.append((n, line))
+        where = "line"
+    samples, bad = [], 0
+    for n, record in records:
+        try:
+            if isinstance(record, str):
+                try:
+                    record = json.loads(record)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"not valid JSON ({e.msg})") from e
+            samples.append(parse_record(record, path.parent))
+        except ValueError as e:
+            if not skip_bad:
+                raise ValueError(f"{path}, {where} {n}: {e}. Fix it, or pass --skip-bad to "
+                                 "skip bad records.") from e
+            bad += 1
+            log.warning("skipped %s %s %d: %s", path, where, n, e)
+    if bad:
+        log.warning("skipped %d bad records of %d in %s", bad, len(records), path)
+    if not samples:
+        raise ValueError(f"{path} holds no usable conversations")
+    return samples
+
+
+def parse_record(record, root: Path) -> Sample:
+    if not isinstance(record, dict):
+        raise ValueError("a record must be a JSON object")
+    if "messages" in record:
+        messages = record["messages"]
+    elif "conversations" in record:
+        turns = record["conversations"]
+        if not isinstance(turns, list):
+            raise ValueError("'conversations' must be a list")
+        messages = []
+        for t in turns:
+            if not isinstance(t, dict) or t.get("from") not in LLAVA_ROLES:
+                raise ValueError(f"bad LLaVA turn {t!r}: need 'from' (human/gpt) and 'value'")
+            value = t.get("value")
+            if not isinstance(value, str):
+                raise ValueError("a LLaVA turn's 'value' must be a string")
+            value = value.replace("<image>\n", "").replace("\n<image>", "").replace("<image>", "")
+            messages.append({"role": LLAVA_ROLES[t["from"]], "content": value.strip()})
+    else:
+        raise ValueError("a record needs 'messages' (ours) or 'conversations' (LLaVA)")
+    if not isinstance(messages, list):
+        raise ValueError("'messages' must be a list")
+    messages = validate(messages)
+    if messages[-1]["role"] != "assistant":
+        raise ValueError("the conversation must end with an assistant reply to learn from")
+    image = record.get("image")
+    if image is not None:
+        if not isinstance(image, str):
+            raise ValueError("'image' must be a path string")
+        image = root / image
+        if not image.is_file():
+            raise ValueError(f"image {image} not found")
+    return Sample(image, messages)
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    image: int  # index into the data set's image list, -1 for none
+
+
+class ConversationData:
+    """Encoded samples plus the list of distinct images they refer to."""
+
+    def __init__(self, samples: list[Sample], builder: ConversationBuilder, image_tokens: int):
+        self.images: list[Path] = []
+        index: dict[Path, int] = {}
+        self.items: list[Encoded] = []
+        for s in samples:
+            enc = builder.encode(s.messages, image_tokens=image_tokens if s.image else 0,
+                                 generation_prompt=False)
+            k = -1
+            if s.image is not None:
+                k = index.setdefault(s.image, len(self.images))
+                if k == len(self.images):
+                    self.images.append(s.image)
+            self.items.append(Encoded(enc.input_ids, enc.labels, k))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def tokens(self, i: int, image_tokens: int) -> int:
+        item = self.items[i]
+        return len(item.input_ids) + (image_tokens - 1 if item.image >= 0 else 0)
+
+
+def collate(items: list[Encoded], pad_id: int):
+    """Right-padded (input_ids, labels) tensors and the image index of each row."""
+    length = max(len(x.input_ids) for x in items)
+    ids = torch.full((len(items), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), length), IGNORE, dtype=torch.long)
+    for r, x in enumerate(items):
+        ids[r, : len(x.input_ids)] = torch.tensor(x.input_ids)
+        labels[r, : len(x.labels)] = torch.tensor(x.labels)
+    return ids, labels, [x.image for x in items]
+
+
+class BatchSampler:
+    """Deterministic global batches over epochs; each rank takes its share of every batch.
+
+    The position is the number of global batches drawn, so saving and restoring it resumes
+    exactly where an unbroken run would be.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        if batch_size % world:
+            raise ValueError(f"batch size {batch_size} must divide evenly over {world} processes")
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.position = 0
+        self._epoch, self._order = -1, None
+
+    def _order_of(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._order
+
+    def next(self) -> list[int]:
+        start = self.position * self.batch_size
+        indices = []
+        for k in range(start, start + self.batch_size):
+            indices.append(int(self._order_of(k // self.n)[k % self.n]))
+        self.position += 1
+        return indices[self.rank :: self.world]
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, "seed": self.seed, "n": self.n}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["n"] != self.n or state["seed"] != self.seed:
+            raise ValueError("the data or seed changed since this run was saved; resume with "
+                             "the same --data and --seed, or start a new run")
+        self.position = state["position"]
+
+
+@torch.no_grad()
+def encode_images(model, paths: list[Path], batch: int = 32, dtype=torch.bfloat16,
+                  progress: bool = False) -> torch.Tensor:
+    """Frozen-encoder features of every image, computed once: (N, C, h, w)."""
+    from tqdm import tqdm
+
+    out = []
+    chunks = range(0, len(paths), batch)
+    for start in tqdm(chunks, desc="encoding images", disable=not progress, unit="batch"):
+        pixels = model.pixels([str(p) for p in paths[start : start + batch]])
+        out.append(model.encoder(pixels.to(model.device)).to("cpu", dtype))
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def image_rows(ids: torch.Tensor) -> torch.Tensor:
+    """Which rows of a batch hold an image placeholder."""
+    return (ids == IMAGE_TOKEN_ID).any(1)

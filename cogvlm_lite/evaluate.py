@@ -1,0 +1,446 @@
+"""Batch grounded VQA and its scoring: `run_vqa` answers a questions file, `score` grades the answers.
+
+Questions are JSONL, one ``{"id", "image", "question", "answer", "type"}`` object a line, image
+paths relative to the file (what ``cogvlm-lite scenes`` writes as ``questions.jsonl``).
+Predictions are JSONL too, one ``{"id", "prediction"}`` a line. `run_vqa` appends each answer
+as soon as it has it, so a stopped run keeps what it answered and a re-run only answers the rest.
+
+Scoring follows CogVLM's protocol for grounding and simple normalised matching for short answers.
+Text is normalised by removing ``[[...]]`` groups, lowercasing, turning punctuation into spaces
+and dropping the articles a/an/the. Box matches need IoU > 0.5 (strictly), everywhere.
+
+- ``rec`` (referring expression -> box): the answer's boxes are merged into their enclosing box,
+  and so are the reference's; correct when their IoU > 0.5 (Acc@0.5). For references with several
+  boxes ("all the dogs") the unmerged boxes are also matched one to one (greedy by IoU) and
+  pooled into ``multi_precision`` and ``multi_recall``.
+- ``reg`` (region -> name), ``spatial``, ``caption`` and any other type: normalised exact match;
+  a ``spatial`` reference that is just "Yes." or "No." is scored like ``exist``.
+- ``count``: the first number in the answer (digits, or a word from zero to twenty) equals the
+  reference's.
+- ``exist``: the first "yes" or "no" of the answer equals the reference's.
+- ``gcap`` (grounded description): every box of every group is matched one to one with the
+  reference's (greedy by IoU), pooled over all answers into ``box_precision``/``box_recall``;
+  ``named_precision``/``named_recall`` also require the phrase before the box to name the same
+  thing ("two apples" and "2 apples" both name "apples"). An answer is correct when all its
+  boxes and names match the reference's, with nothing extra and nothing missed.
+
+`score` returns a dict with stable keys::
+
+    {
+      "<type>": {"n", "correct", "missing", "accuracy"},   # one entry per type present
+      "rec":  {... also "acc@0.5" (= accuracy), "n_multi", "multi_precision", "multi_recall"},
+      "gcap": {... also "box_precision", "box_recall", "named_precision", "named_recall"},
+      "overall": {"n", "correct", "accuracy"},             # over all questions
+      "missing": int,       # questions with no prediction (scored as wrong)
+      "unknown_ids": int,   # predictions whose id is not a question (ignored)
+    }
+
+Types come in the order rec, reg, count, exist, spatial, gcap, caption, then others by name;
+a question without a type is scored as ``other``. A rate whose items are all absent
+(``multi_*`` with no multi-box reference) is ``null``; precision over no predicted box is 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .grounding import Box, iou, merge_boxes, parse_boxes, parse_groundings
+
+log = logging.getLogger(__name__)
+
+TASK_TYPES = ("rec", "reg", "count", "exist", "spatial", "gcap", "caption")
+IOU_THRESHOLD = 0.5  # a box matches when IoU > this
+
+_GROUP = re.compile(r"\[\[[^\[\]]*\]\]")
+_NOT_WORD = re.compile(r"[^\w\s]|_")
+_ARTICLES = frozenset({"a", "an", "the"})
+_NUMBER_WORDS = {
+    word: i
+    for i, word in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+        "fifteen sixteen seventeen eighteen nineteen twenty".split()
+    )
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading JSONL
+
+
+def read_jsonl(
+    path: str | os.PathLike,
+    *,
+    skip_bad: bool = False,
+    required: Sequence[str] = (),
+    unique: str | None = None,
+) -> list[dict]:
+    """The JSON objects of a JSONL file, one a line; blank lines are ignored.
+
+    A line that is not a JSON object, or lacks one of the `required` fields (strings; an integer
+    is also accepted for ``id``), raises ValueError naming the file and line. With `skip_bad`,
+    such lines are skipped and their count logged as a warning instead. With `unique`, that field
+    must not repeat (checked as text, so ``1`` and ``"1"`` are the same id).
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found; check the path") from None
+    records: list[dict] = []
+    bad: list[int] = []
+    seen: dict[str, int] = {}
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        record, problem = _parse_line(raw, required)
+        if record is None:
+            if not skip_bad:
+                raise ValueError(
+                    f"{path}, line {lineno}: {problem}; fix or delete that line "
+                    "(each line must be one JSON object)"
+                )
+            bad.append(lineno)
+            continue
+        if unique is not None and unique in record:
+            key = str(record[unique])
+            if key in seen:
+                raise ValueError(
+                    f"{path}, line {lineno}: {unique} {key!r} repeats line {seen[key]}; "
+                    f"every {unique} must be unique, so rename or delete one of them"
+                )
+            seen[key] = lineno
+        records.append(record)
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+        log.warning("%s: skipped %d malformed line(s): %s", path, len(bad), shown)
+    return records
+
+
+def _parse_line(raw: bytes, required: Sequence[str]) -> tuple[dict | None, str]:
+    """The line's object and "", or None and what is wrong with the line."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON ({e.msg} at column {e.colno})"
+    if not isinstance(record, dict):
+        return None, f"a JSON {type(record).__name__}, not an object"
+    for name in required:
+        value = record.get(name)
+        if value is None:
+            return None, f"missing the {name!r} field"
+        ok = isinstance(value, str) or (name == "id" and isinstance(value, int)
+                                        and not isinstance(value, bool))
+        if not ok:
+            return None, f"field {name!r} should be a string, got {type(value).__name__}"
+    return record, ""
+
+
+def read_questions(path: str | os.PathLike, *, skip_bad: bool = False) -> list[dict]:
+    """VQA questions: each needs ``id``, ``image`` and ``question``, ids unique, at least one."""
+    questions = read_jsonl(path, skip_bad=skip_bad, required=("id", "image", "question"), unique="id")
+    if not questions:
+        raise ValueError(f"{path} holds no questions; write one JSON object a line "
+                         '({"id", "image", "question", ...})')
+    return questions
+
+
+def read_predictions(path: str | os.PathLike, *, skip_bad: bool = False) -> list[dict]:
+    """VQA predictions: each needs ``id`` and ``prediction``, ids unique."""
+    return read_jsonl(path, skip_bad=skip_bad, required=("id", "prediction"), unique="id")
+
+
+# ---------------------------------------------------------------------------------------------
+# Answering
+
+
+def run_vqa(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    device: str = "auto",
+    max_new_tokens: int = 128,
+    limit: int | None = None,
+    model: Any = None,
+) -> dict:
+    """Answer the questions in `data` (greedy) and append ``{"id", "prediction"}`` lines to `out`.
+
+    Ids already in `out` are skipped, so a stopped run resumes where it left off; a half-written
+    last line (from a run that was killed) is removed first. `limit` restricts the run to the
+    first `limit` questions of `data`. Questions are answered grouped by image, so the model
+    reuses its encoding of an image. The model is `model` if given, else loaded from
+    `checkpoint` (default: the embedded model) onto `device`, and only when there is work to do.
+    Every image is checked before the first answer; a missing one raises ValueError naming the
+    question and the file. Returns ``{"questions", "answered", "skipped", "seconds", "out"}``.
+    """
+    from tqdm import tqdm
+
+    from .images import load_image
+
+    data, out = Path(data), Path(out)
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 question, got {limit}")
+    if out.exists() and out.resolve() == data.resolve():
+        raise ValueError(f"--out {out} is the questions file; write predictions to another file")
+    questions = read_questions(data)
+    if limit is not None:
+        questions = questions[:limit]
+    done = _done_ids(out)
+    todo = [q for q in questions if str(q["id"]) not in done]
+    # Grouped by image in order of first appearance, so consecutive questions share an image.
+    by_image: dict[Path, list[dict]] = {}
+    for q in todo:
+        image = data.parent / q["image"]
+        if not image.is_file():
+            raise ValueError(f"question {q['id']!r}: image file {str(image)!r} not found "
+                             f"(image paths are relative to {data}); add the file or fix the path")
+        by_image.setdefault(image, []).append(q)
+
+    start = time.perf_counter()
+    answered = 0
+    if todo:
+        if model is None:
+            from .model import load_model
+
+            model = load_model(checkpoint, device=device)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "ab") as f, tqdm(total=len(todo), desc="vqa", unit="q", dynamic_ncols=True) as bar:
+            for path, group in by_image.items():
+                try:
+                    image = load_image(path)
+                except ValueError as e:
+                    raise ValueError(f"question {group[0]['id']!r}: {e}") from e
+                for q in group:
+                    try:
+                        reply = model.chat(image, q["question"], history=[],
+                                           max_new_tokens=max_new_tokens, temperature=0.0)
+                    except ValueError as e:
+                        raise ValueError(f"question {q['id']!r}: {e}") from e
+                    line = json.dumps({"id": q["id"], "prediction": reply}, ensure_ascii=False) + "\n"
+                    f.write(line.encode("utf-8"))  # one write of a whole line, then flush
+                    f.flush()
+                    answered += 1
+                    bar.update(1)
+    return {
+        "questions": len(questions),
+        "answered": answered,
+        "skipped": len(questions) - len(todo),
+        "seconds": round(time.perf_counter() - start, 3),
+        "out": str(out),
+    }
+
+
+def _done_ids(out: Path) -> set[str]:
+    """Ids already answered in `out`, after cutting off a half-written last line."""
+    if not out.exists():
+        return set()
+    _repair_tail(out)
+    return {str(p["id"]) for p in read_predictions(out)}
+
+
+def _repair_tail(path: Path) -> None:
+    """Truncate `path` after its last complete, valid line."""
+    data = path.read_bytes()
+    keep = len(data)
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+    else:
+        body = data[:-1]
+        last = body[body.rfind(b"\n") + 1 :]
+        if last.strip() and _parse_line(last, ("id", "prediction"))[0] is None:
+            keep = len(body) - len(last)
+    if keep < len(data):
+        log.warning("%s: removing an incomplete last line (%d bytes) left by an interrupted run",
+                    path, len(data) - keep)
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+
+
+def normalize(text: str) -> str:
+    """Text for matching: no ``[[...]]`` groups, lowercase, no punctuation or articles."""
+    text = _NOT_WORD.sub(" ", _GROUP.sub(" ", text).lower())
+    return " ".join(w for w in text.split() if w not in _ARTICLES)
+
+
+def first_number(text: str) -> int | None:
+    """The first number in `text`, written in digits or as a word from zero to twenty."""
+    for word in normalize(text).split():
+        if word.isascii() and word.isdigit():
+            return int(word)
+        if word in _NUMBER_WORDS:
+            return _NUMBER_WORDS[word]
+    return None
+
+
+def first_yes_no(text: str) -> str | None:
+    """The first "yes" or "no" in `text`, or None."""
+    for word in normalize(text).split():
+        if word in ("yes", "no"):
+            return word
+    return None
+
+
+def match_boxes(predicted: Sequence[Box], reference: Sequence[Box],
+                allowed: Iterable[tuple[int, int]] | None = None) -> int:
+    """How many boxes match one to one at IoU > 0.5, pairing the highest IoU first.
+
+    `allowed`, when given, limits the candidate (predicted index, reference index) pairs.
+    """
+    pairs = allowed if allowed is not None else (
+        (i, j) for i in range(len(predicted)) for j in range(len(reference)))
+    scored = []
+    for i, j in pairs:
+        overlap = iou(predicted[i], reference[j])
+        if overlap > IOU_THRESHOLD:
+            scored.append((-overlap, i, j))
+    used_p, used_r = set(), set()
+    for _, i, j in sorted(scored):
+        if i not in used_p and j not in used_r:
+            used_p.add(i)
+            used_r.add(j)
+    return len(used_p)
+
+
+def _name(phrase: str) -> str:
+    """What a grounded phrase names: "two apples" and "2 apples" both give "apples"."""
+    words = normalize(phrase).split()
+    while len(words) > 1 and (words[0].isdigit() or words[0] in _NUMBER_WORDS):
+        words.pop(0)
+    return " ".join(words)
+
+
+def _named_boxes(text: str) -> list[tuple[str, Box]]:
+    return [(_name(g.phrase), box) for g in parse_groundings(text) for box in g.boxes]
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+class _Tally:
+    """Counts for one task type."""
+
+    def __init__(self):
+        self.n = self.correct = self.missing = 0
+        self.counts: dict[str, int] = {}
+
+    def add(self, **counts: int) -> None:
+        for key, value in counts.items():
+            self.counts[key] = self.counts.get(key, 0) + value
+
+
+def _score_one(kind: str, qid: str, reference: str, prediction: str, tally: _Tally) -> bool:
+    """Whether `prediction` answers correctly; adds box counts to `tally`."""
+    if kind == "rec":
+        ref_boxes = parse_boxes(reference)
+        if not ref_boxes:
+            raise ValueError(f"rec question {qid!r} has no [[x0,y0,x1,y1]] box in its reference "
+                             "answer; fix its answer or give it another type")
+        boxes = parse_boxes(prediction)
+        if len(ref_boxes) > 1:
+            tally.add(n_multi=1, multi_matched=match_boxes(boxes, ref_boxes),
+                      multi_predicted=len(boxes), multi_reference=len(ref_boxes))
+        return bool(boxes) and iou(merge_boxes(boxes), merge_boxes(ref_boxes)) > IOU_THRESHOLD
+    if kind == "gcap":
+        ref = _named_boxes(reference)
+        pred = _named_boxes(prediction)
+        pred_boxes, ref_boxes = [b for _, b in pred], [b for _, b in ref]
+        same_name = [(i, j) for i in range(len(pred)) for j in range(len(ref))
+                     if pred[i][0] == ref[j][0]]
+        matched = match_boxes(pred_boxes, ref_boxes)
+        named = match_boxes(pred_boxes, ref_boxes, same_name)
+        tally.add(box_matched=matched, named_matched=named,
+                  box_predicted=len(pred), box_reference=len(ref))
+        return named == len(pred) == len(ref)
+    if kind == "count":
+        number = first_number(reference)
+        if number is None:
+            return normalize(prediction) == normalize(reference)
+        return first_number(prediction) == number
+    if kind == "exist" or (kind == "spatial" and normalize(reference) in ("yes", "no")):
+        answer = first_yes_no(reference)
+        if answer is None:
+            return normalize(prediction) == normalize(reference)
+        return first_yes_no(prediction) == answer
+    return normalize(prediction) == normalize(reference)
+
+
+def _precision(matched: int, predicted: int, items: int) -> float | None:
+    """matched / predicted; 0 when nothing was predicted, None when there were no items."""
+    if not items:
+        return None
+    return matched / predicted if predicted else 0.0
+
+
+def score(questions: Sequence[dict], predictions: Sequence[dict]) -> dict:
+    """Metrics per task type, overall, and counts of missing and unknown predictions.
+
+    `questions` need ``id`` and ``answer`` (``type`` defaults to ``other``); `predictions` need
+    ``id`` and ``prediction``. See the module docstring for the metrics and the keys.
+    """
+    answers = {str(p["id"]): p["prediction"] for p in predictions}
+    ids = set()
+    tallies: dict[str, _Tally] = {}
+    for q in questions:
+        qid = str(q["id"])
+        ids.add(qid)
+        if not isinstance(q.get("answer"), str):
+            raise ValueError(f"question {qid!r} has no reference 'answer' (a string); scoring needs "
+                             "the questions file with answers")
+        kind = q.get("type") or "other"
+        tally = tallies.setdefault(kind, _Tally())
+        tally.n += 1
+        prediction = answers.get(qid)
+        if prediction is None:
+            tally.missing += 1
+            prediction = ""
+        if not isinstance(prediction, str):
+            raise ValueError(f"the prediction for {qid!r} should be a string, "
+                             f"got {type(prediction).__name__}")
+        tally.correct += _score_one(kind, qid, q["answer"], prediction, tally)
+
+    result: dict[str, Any] = {}
+    order = [t for t in TASK_TYPES if t in tallies] + sorted(set(tallies) - set(TASK_TYPES))
+    for kind in order:
+        t = tallies[kind]
+        c = t.counts
+        entry: dict[str, Any] = {"n": t.n, "correct": t.correct, "missing": t.missing,
+                                 "accuracy": _ratio(t.correct, t.n)}
+        if kind == "rec":
+            n_multi = c.get("n_multi", 0)
+            entry["acc@0.5"] = entry["accuracy"]
+            entry["n_multi"] = n_multi
+            entry["multi_precision"] = _precision(c.get("multi_matched", 0),
+                                                  c.get("multi_predicted", 0), n_multi)
+            entry["multi_recall"] = _ratio(c.get("multi_matched", 0), c.get("multi_reference", 0))
+        elif kind == "gcap":
+            predicted, reference = c.get("box_predicted", 0), c.get("box_reference", 0)
+            entry["box_precision"] = _precision(c.get("box_matched", 0), predicted, t.n)
+            entry["box_recall"] = _ratio(c.get("box_matched", 0), reference)
+            entry["named_precision"] = _precision(c.get("named_matched", 0), predicted, t.n)
+            entry["named_recall"] = _ratio(c.get("named_matched", 0), reference)
+        result[kind] = entry
+    n = sum(t.n for t in tallies.values())
+    correct = sum(t.correct for t in tallies.values())
+    result["overall"] = {"n": n, "correct": correct, "accuracy": _ratio(correct, n)}
+    result["missing"] = sum(t.missing for t in tallies.values())
+    result["unknown_ids"] = len(set(answers) - ids)
+    return result
+
+
+def score_files(data: str | os.PathLike, pred: str | os.PathLike) -> dict:
+    """`score` the predictions JSONL `pred` against the questions JSONL `data`."""
+    return score(read_questions(data), read_predictions(pred))

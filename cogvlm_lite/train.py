@@ -1,0 +1,398 @@
+"""Fine-tuning the visual expert and adapter; the language model and image encoder stay frozen.
+
+bf16 autocast (fp32 master weights, frozen weights kept in bf16 so no step casts them), AdamW
+with warmup + cosine decay, gradient clipping and accumulation, frozen-encoder features computed
+once. A run directory holds:
+
+- `config.json` + `model.safetensors`: the checkpoint, loadable with `load_model(run_dir)`;
+- `train_state.pt`: everything needed to resume exactly (weights, optimizer, schedule, RNG
+  states, data position), written atomically;
+- `train_config.json`, `metrics.jsonl` (one line per step, plus evaluations), `loss.png`.
+
+Under `torchrun --nproc_per_node N` the same command trains with DDP (gloo on CPU, nccl on
+GPU); each process takes its share of every global batch, and the loss is normalised by the
+global count of labelled tokens, so the trajectory matches a single process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .adapter import AdapterConfig
+from .conversation import IGNORE
+from .data import BatchSampler, ConversationData, collate, encode_images, read_conversations
+from .expert import ExpertConfig
+from .model import ModelConfig, VisionLanguageModel, atomic_write, build_model, load_model
+from .vision import VisionConfig
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "train_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    eval_data: str | None = None
+    init_from: str | None = None  # warm start from a checkpoint (its model configuration)
+    steps: int = 1000
+    batch_size: int = 16  # conversations per optimizer step (global, over all processes)
+    grad_accum: int = 1  # micro-batches per step (each batch_size / grad_accum)
+    lr: float = 1e-3  # visual expert
+    adapter_lr: float = 3e-3  # adapter, position embeddings, BOI/EOI
+    weight_decay: float = 0.0
+    warmup: int = 50
+    min_lr_ratio: float = 0.1
+    clip: float = 1.0
+    seed: int = 0
+    save_every: int = 100
+    eval_every: int = 0  # 0: evaluate only at the end (when eval_data is given)
+    eval_limit: int = 200
+    bf16: bool = True
+    cache_features: bool = True
+    skip_bad: bool = False
+    device: str = "auto"
+    expert: str = "lowrank"
+    rank: int = 32
+    image_size: int = 256
+    downsample: bool = False
+    resume: bool = False
+    force: bool = False
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(vision=VisionConfig(image_size=self.image_size),
+                           adapter=AdapterConfig(downsample=self.downsample),
+                           expert=ExpertConfig(kind=self.expert, rank=self.rank))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.rank, self.world = setup_distributed()
+        self.main = self.rank == 0
+        if cfg.batch_size % (self.world * cfg.grad_accum):
+            raise ValueError(f"--batch-size {cfg.batch_size} must divide by processes x "
+                             f"--grad-accum ({self.world} x {cfg.grad_accum})")
+        self._prepare_run_dir()
+        torch.manual_seed(cfg.seed)
+        device = cfg.device
+        if device == "auto" and self.world > 1 and torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        if cfg.init_from:
+            self.model = load_model(cfg.init_from, device=device, dtype=torch.float32)
+        else:
+            self.model = build_model(cfg.model_config(), device=device, dtype=torch.float32,
+                                     seed=cfg.seed)
+        model = self.model
+        self.device = model.device
+        samples = read_conversations(cfg.data, skip_bad=cfg.skip_bad)
+        self.data = ConversationData(samples, model.builder, model.adapter.num_tokens)
+        self.features = None
+        if cfg.cache_features and self.data.images:
+            self.features = encode_images(model, self.data.images, progress=self.main)
+        self.autocast_dtype = torch.bfloat16 if cfg.bf16 else None
+        if cfg.bf16:
+            freeze_in(model, torch.bfloat16)
+        adapter = [p for p in model.adapter.parameters()]
+        expert = [p for n, p in model.lm.named_parameters() if ".expert." in n]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": adapter, "lr": cfg.adapter_lr}, {"params": expert, "lr": cfg.lr}],
+            weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
+        self.sampler = BatchSampler(len(self.data), cfg.batch_size // cfg.grad_accum, cfg.seed,
+                                    self.rank, self.world)
+        self.step = 0
+        self.net = model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                model, broadcast_buffers=False,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.resume and (self.out / STATE_NAME).is_file():
+            self._load_state()
+        counts = model.parameter_counts()
+        log.info("parameters: trainable %s, frozen language model %s, frozen encoder %s",
+                 f"{counts['trainable']:,}", f"{counts['language_model']:,}",
+                 f"{counts['encoder']:,}")
+
+    def lr_factor(self, step: int) -> float:
+        cfg = self.cfg
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    # ------------------------------------------------------------------ run directory
+
+    def _prepare_run_dir(self) -> None:
+        cfg, out = self.cfg, self.out
+        exists = out.exists() and any(out.iterdir())
+        if exists and not (cfg.resume or cfg.force):
+            raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or "
+                                  "--force to start over (its files are replaced)")
+        if self.main:
+            if exists and cfg.force and not cfg.resume:
+                for name in (STATE_NAME, "metrics.jsonl", "loss.png", "model.safetensors",
+                             "config.json", "train_config.json"):
+                    (out / name).unlink(missing_ok=True)
+                for old in out.glob("eval-*.jsonl"):
+                    old.unlink()
+            out.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(asdict(cfg), indent=2)
+            atomic_write(out / "train_config.json", lambda f: Path(f).write_text(text))
+        barrier(self.world)
+
+    def _state(self) -> dict:
+        return {
+            "step": self.step,
+            "model": {k: v.detach().cpu() for k, v in self.model.trainable_state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                    "python": random.getstate()},
+            "model_config": self.model.config.to_dict(),
+        }
+
+    def save(self) -> None:
+        if not self.main:
+            return
+        state = self._state()
+        atomic_write(self.out / STATE_NAME, lambda f: torch.save(state, f))
+        self.model.save_pretrained(self.out)
+
+    def _load_state(self) -> None:
+        path = self.out / STATE_NAME
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # torch raises several types for damaged files
+            raise ValueError(f"{path} is damaged ({e}); start over with --force") from e
+        if state["model_config"] != self.model.config.to_dict():
+            raise ValueError(f"{path} was saved with another model configuration; resume with "
+                             "the same options or start over with --force")
+        self.model.load_state_dict(state["model"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        self.step = state["step"]
+        if self.main:
+            keep_metrics_until(self.out / "metrics.jsonl", self.step)
+        log.info("resumed %s at step %d", self.out, self.step)
+
+    # ------------------------------------------------------------------ steps
+
+    def batch(self):
+        """(input_ids, labels, image features, tokens) of this process's share of a batch."""
+        indices = self.sampler.next()
+        items = [self.data.items[i] for i in indices]
+        tokens = sum(self.data.tokens(i, self.model.adapter.num_tokens) for i in indices)
+        ids, labels, images = collate(items, self.model.tokenizer.pad_token_id or 0)
+        rows = [k for k in images if k >= 0]
+        features = None
+        if rows:
+            if self.features is not None:
+                features = self.features[rows].to(self.device)
+            else:
+                pixels = self.model.pixels([str(self.data.images[k]) for k in rows])
+                features = self.model.encoder(pixels.to(self.device))
+        return ids.to(self.device), labels.to(self.device), features, tokens
+
+    def train_step(self) -> dict:
+        cfg = self.cfg
+        micro = [self.batch() for _ in range(cfg.grad_accum)]
+        # Labelled next-token targets, over every micro-batch and process.
+        count = torch.tensor(float(sum(int((m[1][:, 1:] != IGNORE).sum()) for m in micro)))
+        tokens = sum(m[3] for m in micro)
+        count = all_reduce(count, self.world)
+        total = torch.zeros(())
+        self.model.train()
+        for k, (ids, labels, features, _) in enumerate(micro):
+            sync = k == len(micro) - 1 or self.world == 1
+            with self._autocast(), no_sync(self.net, not sync):
+                out = self.net(input_ids=ids, image_features=features, labels=labels,
+                               loss_reduction="sum")
+                loss = out.loss * self.world / count.clamp(min=1)
+            loss.backward()
+            total += out.loss.detach().float().cpu()
+        trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        total = all_reduce(total, self.world)
+        return {"step": self.step, "loss": float(total / count.clamp(min=1)),
+                "lr": self.scheduler.get_last_lr()[1], "grad_norm": float(grad_norm),
+                "tokens": tokens * self.world}
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.autocast_dtype is not None)
+
+    def fit(self) -> dict:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.main, unit="step",
+                   dynamic_ncols=True)
+        last = {}
+        while self.step < cfg.steps:
+            start = time.perf_counter()
+            last = self.train_step()
+            seconds = time.perf_counter() - start
+            last["tokens_per_s"] = round(last["tokens"] / seconds, 1)
+            last["seconds"] = round(seconds, 3)
+            if self.main:
+                append_metrics(self.out / "metrics.jsonl", last)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
+                bar.update(1)
+            done = self.step == cfg.steps
+            if cfg.save_every and self.step % cfg.save_every == 0 or done:
+                self.save()
+            if cfg.eval_data and (done or cfg.eval_every and self.step % cfg.eval_every == 0):
+                self.evaluate()
+            barrier(self.world)
+        bar.close()
+        if self.main:
+            plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
+        return last
+
+    def evaluate(self) -> dict | None:
+        if not self.main:
+            return None
+        from .evaluate import run_vqa, score_files
+
+        pred = self.out / f"eval-{self.step:06d}.jsonl"
+        pred.unlink(missing_ok=True)
+        self.model.eval()
+        self.model.reset()
+        with self._autocast():
+            run_vqa(self.cfg.eval_data, pred, model=self.model, limit=self.cfg.eval_limit)
+        self.model.reset()
+        scores = score_files(self.cfg.eval_data, pred)
+        append_metrics(self.out / "metrics.jsonl", {"step": self.step, "eval": scores})
+        log.info("step %d evaluation: %s", self.step, json.dumps(scores))
+        return scores
+
+
+def freeze_in(model: VisionLanguageModel, dtype: torch.dtype) -> None:
+    """Keep the frozen language-model weights in the compute dtype (no per-step casts)."""
+    for p in model.lm.parameters():
+        if not p.requires_grad:
+            p.data = p.data.to(dtype)
+
+
+def setup_distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def all_reduce(x: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        x = x.clone()
+        dist.all_reduce(x)
+    return x
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+class no_sync:
+    """DDP's no_sync for all micro-batches but the last; nothing without DDP."""
+
+    def __init__(self, net, active: bool):
+        self.ctx = net.no_sync() if active and hasattr(net, "no_sync") else None
+
+    def __enter__(self):
+        return self.ctx.__enter__() if self.ctx else None
+
+    def __exit__(self, *exc):
+        return self.ctx.__exit__(*exc) if self.ctx else False
+
+
+def append_metrics(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+def keep_metrics_until(path: Path, step: int) -> None:
+    """Drop metric lines after `step` (a resumed run writes them again)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError):
+            continue  # a line cut short by the kill that stopped the run
+    text = "".join(k + "\n" for k in kept)
+    atomic_write(path, lambda f: Path(f).write_text(text))
+
+
+def plot_losses(metrics: Path, png: Path, size=(720, 360)) -> None:
+    """A plain loss curve drawn with Pillow."""
+    from PIL import Image, ImageDraw
+
+    points = []
+    for line in metrics.read_text().splitlines():
+        r = json.loads(line)
+        if "loss" in r:
+            points.append((r["step"], r["loss"]))
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    w, h, m = size[0], size[1], 40
+    draw.rectangle([m, 10, w - 10, h - m], outline="black")
+    if points:
+        steps = [p[0] for p in points]
+        losses = [p[1] for p in points]
+        lo, hi = min(losses), max(losses)
+        x0, x1 = min(steps), max(max(steps), min(steps) + 1)
+        span = (hi - lo) or 1.0
+
+        def xy(s, v):
+            return (m + (s - x0) / (x1 - x0) * (w - 10 - m), h - m - (v - lo) / span * (h - m - 20))
+
+        draw.line([xy(s, v) for s, v in points], fill=(31, 119, 180), width=2)
+        draw.text((m, h - m + 5), f"step {x0}", fill="black")
+        draw.text((w - 90, h - m + 5), f"step {x1}", fill="black")
+        draw.text((2, 12), f"{hi:.3f}", fill="black")
+        draw.text((2, h - m - 12), f"{lo:.3f}", fill="black")
+    draw.text((w // 2 - 30, h - 20), "training loss", fill="black")
+    atomic_write(png, lambda f: image.save(f, format="PNG"))
+
+
+def train(cfg: TrainConfig) -> dict:
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    finally:
+        if trainer.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+

@@ -1,0 +1,257 @@
+"""Batch VQA and its scoring: exact metrics on hand-made answers, resumable runs, the CLI."""
+
+import json
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cogvlm_lite.evaluate import read_jsonl, read_predictions, read_questions, run_vqa, score, score_files
+
+BOX = "[[100,100,300,300]]"
+MULTI = "[[100,100,200,200;500,500,600,600;700,100,800,200]]"
+GCAP = "A dog [[100,100,200,200]], two apples [[300,300,400,400;500,500,600,600]] and a car [[700,700,800,800]]."
+
+
+def q(qid, kind, answer):
+    return {"id": qid, "image": "images/0.png", "question": "?", "answer": answer, "type": kind}
+
+
+QUESTIONS = [
+    q("rec-near", "rec", BOX),
+    q("rec-shifted", "rec", BOX),
+    q("rec-merged", "rec", BOX),
+    q("rec-multi", "rec", MULTI),
+    q("rec-missing", "rec", BOX),
+    q("count-word", "count", "There are 3 dogs."),
+    q("count-wrong", "count", "There is 1 cat."),
+    q("count-bare", "count", "There are 2 apples."),
+    q("exist-yes", "exist", "Yes."),
+    q("exist-no", "exist", "No."),
+    q("reg-ok", "reg", "A dog."),
+    q("reg-wrong", "reg", "A red apple."),
+    q("spatial-name", "spatial", "The dog."),
+    q("spatial-yes", "spatial", "Yes."),
+    q("spatial-no", "spatial", "No."),
+    q("gcap-partial", "gcap", GCAP),
+    q("gcap-exact", "gcap", "A cup [[100,100,300,300]]."),
+    q("caption", "caption", "A dog and a cat."),
+    q("ocr", "ocr", "Hello!"),
+]
+
+PREDICTIONS = {
+    "rec-near": "[[102,98,303,301]]",  # off by a few units: correct
+    "rec-shifted": "[[186,100,386,300]]",  # IoU = 0.114 / 0.286 ~ 0.40: wrong
+    "rec-merged": "[[100,100,200,300;200,100,300,300]]",  # encloses the reference: correct
+    # two of three boxes found, one wrong extra; the enclosing boxes overlap with IoU 0.72
+    "rec-multi": "[[101,101,201,201;505,500,605,600;300,300,400,400]]",
+    "count-word": "There are three dogs.",
+    "count-wrong": "There are 2 cats.",
+    "count-bare": "2",
+    "exist-yes": "yes, there is a dog",
+    "exist-no": "Yes.",
+    "reg-ok": "the dog",
+    "reg-wrong": "An apple.",
+    "spatial-name": "dog",
+    "spatial-yes": "Yes, it is.",
+    "spatial-no": "yes",
+    # one apple missed, a cat too many, the car called a truck
+    "gcap-partial": "A dog [[101,100,200,200]], two apples [[300,300,400,400]], a truck "
+                    "[[700,700,800,800]] and a cat [[000,000,050,050]].",
+    "gcap-exact": "A cup [[100,100,300,300]].",
+    "caption": "a dog and a cat",
+    "ocr": "hello",
+    "not-a-question": "whatever",
+}
+
+EXPECTED = {
+    "rec": {"n": 5, "correct": 3, "missing": 1, "accuracy": 3 / 5, "acc@0.5": 3 / 5, "n_multi": 1,
+            "multi_precision": 2 / 3, "multi_recall": 2 / 3},
+    "reg": {"n": 2, "correct": 1, "missing": 0, "accuracy": 1 / 2},
+    "count": {"n": 3, "correct": 2, "missing": 0, "accuracy": 2 / 3},
+    "exist": {"n": 2, "correct": 1, "missing": 0, "accuracy": 1 / 2},
+    "spatial": {"n": 3, "correct": 2, "missing": 0, "accuracy": 2 / 3},
+    "gcap": {"n": 2, "correct": 1, "missing": 0, "accuracy": 1 / 2, "box_precision": 4 / 5,
+             "box_recall": 4 / 5, "named_precision": 3 / 5, "named_recall": 3 / 5},
+    "caption": {"n": 1, "correct": 1, "missing": 0, "accuracy": 1.0},
+    "ocr": {"n": 1, "correct": 1, "missing": 0, "accuracy": 1.0},
+    "overall": {"n": 19, "correct": 12, "accuracy": 12 / 19},
+    "missing": 1,
+    "unknown_ids": 1,
+}
+
+
+def predictions():
+    return [{"id": k, "prediction": v} for k, v in PREDICTIONS.items()]
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def test_perfect_predictions_score_one_everywhere():
+    result = score(QUESTIONS, [{"id": x["id"], "prediction": x["answer"]} for x in QUESTIONS])
+    assert result["missing"] == 0 and result["unknown_ids"] == 0
+    for kind, entry in result.items():
+        if isinstance(entry, dict):
+            rates = {k: v for k, v in entry.items() if k not in ("n", "correct", "missing", "n_multi")}
+            assert rates and all(v == 1.0 for v in rates.values()), (kind, entry)
+
+
+def test_mixed_predictions_give_exact_numbers():
+    result = score(QUESTIONS, predictions())
+    assert result == EXPECTED
+    assert list(result)[:6] == ["rec", "reg", "count", "exist", "spatial", "gcap"]
+
+
+def test_rates_without_items_are_null_and_empty_answers_are_wrong():
+    result = score([q("a", "rec", BOX), q("b", "gcap", GCAP)], [])
+    assert result["rec"]["multi_precision"] is None and result["rec"]["multi_recall"] is None
+    assert result["gcap"]["box_precision"] == 0.0 and result["gcap"]["box_recall"] == 0.0
+    assert result["overall"] == {"n": 2, "correct": 0, "accuracy": 0.0}
+    assert result["missing"] == 2
+
+
+def test_scoring_needs_reference_answers():
+    with pytest.raises(ValueError, match="'x' has no reference 'answer'"):
+        score([{"id": "x", "image": "a.png", "question": "?"}], [])
+    with pytest.raises(ValueError, match="no .*box in its reference"):
+        score([q("y", "rec", "The dog.")], [])
+
+
+# ---------------------------------------------------------------- reading
+
+
+def test_read_jsonl_names_the_bad_line_or_skips_and_counts_it(tmp_path, caplog):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"id": "a", "image": "x.png", "question": "?"}\n\n{"id": "b", oops\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"q\.jsonl, line 3: not valid JSON"):
+        read_jsonl(path)
+    with caplog.at_level(logging.WARNING, logger="cogvlm_lite.evaluate"):
+        records = read_jsonl(path, skip_bad=True)
+    assert [r["id"] for r in records] == ["a"]
+    assert "skipped 2 malformed line(s): 3, 4" in caplog.text
+
+
+def test_questions_need_their_fields_and_unique_ids(tmp_path):
+    path = write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "image": "x.png"}])
+    with pytest.raises(ValueError, match=r"line 1: missing the 'question' field"):
+        read_questions(path)
+    path = write_jsonl(tmp_path / "q.jsonl", [q("a", "rec", BOX), q("b", "rec", BOX), q("a", "rec", BOX)])
+    with pytest.raises(ValueError, match=r"line 3: id 'a' repeats line 1"):
+        read_questions(path)
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="holds no questions"):
+        read_questions(tmp_path / "empty.jsonl")
+    with pytest.raises(FileNotFoundError, match="nope.jsonl not found"):
+        read_questions(tmp_path / "nope.jsonl")
+
+
+# ---------------------------------------------------------------- answering
+
+
+@pytest.fixture
+def vqa_data(tmp_path):
+    (tmp_path / "images").mkdir()
+    for name, shade in (("a", 30), ("b", 220)):
+        Image.fromarray(np.full((32, 40, 3), shade, np.uint8)).save(tmp_path / "images" / f"{name}.png")
+    items = [
+        {"id": "q0", "image": "images/a.png", "question": "Where is the dog?", "answer": BOX, "type": "rec"},
+        {"id": "q1", "image": "images/b.png", "question": "How many cats are there?",
+         "answer": "There are 2 cats.", "type": "count"},
+        {"id": "q2", "image": "images/a.png", "question": "Is there a dog?", "answer": "Yes.", "type": "exist"},
+        {"id": "q3", "image": "images/b.png", "question": "Describe the image.", "answer": "A cat.",
+         "type": "caption"},
+    ]
+    return write_jsonl(tmp_path / "questions.jsonl", items)
+
+
+def lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("tail", [b'{"id": "q', b'{"id": "q2", "predic\n'], ids=["half", "bad-json"])
+def test_run_vqa_answers_resumes_and_repairs_a_cut_line(tiny_model, vqa_data, tmp_path, monkeypatch, tail):
+    asked = []
+    chat = tiny_model.chat
+
+    def spy(image, question, **kwargs):
+        asked.append(question)
+        return chat(image, question, **kwargs)
+
+    monkeypatch.setattr(tiny_model, "chat", spy)
+    out = tmp_path / "preds" / "p.jsonl"
+    summary = run_vqa(vqa_data, out, model=tiny_model, max_new_tokens=4)
+    assert summary["answered"] == 4 and summary["skipped"] == 0 and summary["questions"] == 4
+    # grouped by image: both questions about a.png first
+    assert asked == ["Where is the dog?", "Is there a dog?", "How many cats are there?", "Describe the image."]
+    first = lines(out)
+    assert sorted(p["id"] for p in first) == ["q0", "q1", "q2", "q3"]
+    assert all(isinstance(p["prediction"], str) for p in first)
+
+    # Nothing left to do: the model is not even loaded (this checkpoint does not exist).
+    again = run_vqa(vqa_data, out, checkpoint=tmp_path / "no-such-checkpoint")
+    assert again["answered"] == 0 and again["skipped"] == 4
+
+    # A run stopped while writing: two answers lost, a cut line at the end.
+    kept = out.read_bytes().splitlines(keepends=True)[:2]
+    out.write_bytes(b"".join(kept) + tail)
+    resumed = run_vqa(vqa_data, out, model=tiny_model, max_new_tokens=4)
+    assert resumed["answered"] == 2 and resumed["skipped"] == 2
+    assert sorted(p["id"] for p in read_predictions(out)) == ["q0", "q1", "q2", "q3"]
+    assert out.read_bytes().endswith(b"\n")
+
+
+def test_run_vqa_limit_takes_the_first_questions(tiny_model, vqa_data, tmp_path):
+    out = tmp_path / "p.jsonl"
+    assert run_vqa(vqa_data, out, model=tiny_model, max_new_tokens=2, limit=2)["answered"] == 2
+    assert [p["id"] for p in lines(out)] == ["q0", "q1"]
+    assert run_vqa(vqa_data, out, model=tiny_model, max_new_tokens=2, limit=2)["answered"] == 0
+
+
+def test_run_vqa_missing_image_fails_before_loading_a_model(vqa_data, tmp_path):
+    (tmp_path / "images" / "b.png").unlink()
+    out = tmp_path / "p.jsonl"
+    with pytest.raises(ValueError, match=r"question 'q1': image file .*b\.png.* not found"):
+        run_vqa(vqa_data, out, checkpoint=tmp_path / "no-such-checkpoint")
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- command line
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "cogvlm_lite", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_eval_cli_prints_the_metrics(tmp_path):
+    data = write_jsonl(tmp_path / "q.jsonl", QUESTIONS)
+    pred = write_jsonl(tmp_path / "p.jsonl", predictions())
+    out = cli("eval", "--data", str(data), "--pred", str(pred))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == EXPECTED
+    assert score_files(data, pred) == EXPECTED
+
+    with open(pred, "a") as f:
+        f.write('{"id": "cut", "predic')
+    out = cli("eval", "--data", str(data), "--pred", str(pred))
+    assert out.returncode == 1
+    assert f"{pred}, line {len(PREDICTIONS) + 1}: not valid JSON" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_vqa_cli_writes_predictions(tiny_model, vqa_data, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    pred = tmp_path / "p.jsonl"
+    out = cli("vqa", "--data", str(vqa_data), "--out", str(pred), "--checkpoint", str(tmp_path / "ckpt"),
+              "--device", "cpu", "--max-new-tokens", "4")
+    assert out.returncode == 0, out.stderr
+    assert sorted(p["id"] for p in lines(pred)) == ["q0", "q1", "q2", "q3"]
