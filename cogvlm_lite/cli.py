@@ -175,10 +175,13 @@ def run_train(args) -> int:
 
 
 def run_vqa(args) -> int:
+    import json
+
     from .evaluate import run_vqa
 
-    run_vqa(args.data, args.out, checkpoint=args.checkpoint, device=args.device,
-            max_new_tokens=args.max_new_tokens, limit=args.limit)
+    summary = run_vqa(args.data, args.out, checkpoint=args.checkpoint, device=args.device,
+                      max_new_tokens=args.max_new_tokens, limit=args.limit)
+    print(json.dumps(summary, default=str))
     return 0
 
 

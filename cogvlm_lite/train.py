@@ -276,7 +276,7 @@ class Trainer:
     def evaluate(self) -> dict | None:
         if not self.main:
             return None
-        from .evaluate import run_vqa, score_files
+        from .evaluate import read_predictions, read_questions, run_vqa, score
 
         pred = self.out / f"eval-{self.step:06d}.jsonl"
         pred.unlink(missing_ok=True)
@@ -285,7 +285,10 @@ class Trainer:
         with self._autocast():
             run_vqa(self.cfg.eval_data, pred, model=self.model, limit=self.cfg.eval_limit)
         self.model.reset()
-        scores = score_files(self.cfg.eval_data, pred)
+        predictions = read_predictions(pred)
+        answered = {p["id"] for p in predictions}
+        questions = [q for q in read_questions(self.cfg.eval_data) if q["id"] in answered]
+        scores = score(questions, predictions)
         append_metrics(self.out / "metrics.jsonl", {"step": self.step, "eval": scores})
         log.info("step %d evaluation: %s", self.step, json.dumps(scores))
         return scores

@@ -13,7 +13,8 @@ from cogvlm_lite.evaluate import read_jsonl, read_predictions, read_questions, r
 
 BOX = "[[100,100,300,300]]"
 MULTI = "[[100,100,200,200;500,500,600,600;700,100,800,200]]"
-GCAP = "A dog [[100,100,200,200]], two apples [[300,300,400,400;500,500,600,600]] and a car [[700,700,800,800]]."
+GCAP = ("A dog [[100,100,200,200]], two apples [[300,300,400,400;500,500,600,600]] "
+        "and a car [[700,700,800,800]].")
 
 
 def q(qid, kind, answer):
@@ -166,7 +167,8 @@ def vqa_data(tmp_path):
         {"id": "q0", "image": "images/a.png", "question": "Where is the dog?", "answer": BOX, "type": "rec"},
         {"id": "q1", "image": "images/b.png", "question": "How many cats are there?",
          "answer": "There are 2 cats.", "type": "count"},
-        {"id": "q2", "image": "images/a.png", "question": "Is there a dog?", "answer": "Yes.", "type": "exist"},
+        {"id": "q2", "image": "images/a.png", "question": "Is there a dog?", "answer": "Yes.",
+         "type": "exist"},
         {"id": "q3", "image": "images/b.png", "question": "Describe the image.", "answer": "A cat.",
          "type": "caption"},
     ]
@@ -191,7 +193,8 @@ def test_run_vqa_answers_resumes_and_repairs_a_cut_line(tiny_model, vqa_data, tm
     summary = run_vqa(vqa_data, out, model=tiny_model, max_new_tokens=4)
     assert summary["answered"] == 4 and summary["skipped"] == 0 and summary["questions"] == 4
     # grouped by image: both questions about a.png first
-    assert asked == ["Where is the dog?", "Is there a dog?", "How many cats are there?", "Describe the image."]
+    assert asked == ["Where is the dog?", "Is there a dog?", "How many cats are there?",
+                     "Describe the image."]
     first = lines(out)
     assert sorted(p["id"] for p in first) == ["q0", "q1", "q2", "q3"]
     assert all(isinstance(p["prediction"], str) for p in first)

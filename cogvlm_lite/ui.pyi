@@ -1,0 +1,394 @@
+"""The browser chat UI: `python app.py` serves it on http://127.0.0.1:7860.
+
+Upload an image (drag and drop, paste or pick a file) and chat about it; answers stream in, and
+every box or point an answer gives (``[[x0,y0,x1,y1]]``, ``[[x,y]]``) is drawn and labelled on the
+image beside the chat. Click the image once for a point or twice for a box, and the next
+question carries that region. One model serves every browser tab through Gradio's queue, one
+answer at a time; each tab keeps its own image and conversation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import logging
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+from .grounding import draw_groundings, format_box, format_point, parse_groundings, strip_groundings
+from .images import MAX_BYTES, ImageError, load_image
+
+log = logging.getLogger(__name__)
+
+SAMPLES = Path(__file__).resolve().parent.parent / "docs" / "samples"
+QUEUE_SIZE = 16  # requests waiting for the model, across all users, before new ones are refused
+VIEW_SIDE = 768  # longest side of the annotated image shown beside the chat, in pixels
+
+DESCRIBE_PROMPT = "Describe the image and give the coordinates [[x0,y0,x1,y1]] of each object you mention."
+FIND_PROMPT = "Where is the {}? Answer in [[x0,y0,x1,y1]] format."
+COUNT_PROMPT = "How many {} are there?"
+REGION_PROMPT = "What is in {}?"
+
+_OPEN_GROUP = re.compile(r"\[\[[^\[\]]*$")  # a "[[..." still being generated
+_GROUP = re.compile(r"\[\[[^\[\]]*\]\]")
+
+CSS = """
+.raw-answer { font-size: 0.8em; opacity: 0.75; }
+#about { font-size: 0.85em; opacity: 0.8; }
+"""
+
+
+@dataclass
+class Session:
+    """One browser tab's conversation: its image, the turns so far, and a region being picked."""
+
+    image: Image.Image | None = None  # as the model sees it (EXIF applied, RGB)
+    view: Image.Image | None = None  # a smaller copy to draw on
+    history: list[tuple[str, str]] = field(default_factory=list)  # (question sent, raw answer)
+    clicks: list[tuple[int, int]] = field(default_factory=list)  # pixel clicks on the image
+    pending: str | None = None  # the question waiting to be answered
+
+from gradio.events import Dependency
+
+class ImageInput(gr.Image):
+    """`gr.Image` that hands files Pillow cannot open to our code, so `load_image` can explain why.
+
+    Gradio opens an uploaded file before the event handler runs and would fail there with a
+    generic error; here the file's path is passed on instead.
+    """
+
+    is_template = True  # the browser side is the ordinary Image component
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+            return str(payload.path) if payload is not None and payload.path else None
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+# ------------------------------------------------------------------------------------- text
+
+
+def region_text(clicks: list[tuple[int, int]], size: tuple[int, int]) -> str | None:
+    """The clicked region in the grounding format: one click a point, two a box."""
+    if not clicks:
+        return None
+    width, height = size
+    rel = [(x / width, y / height) for x, y in clicks]
+    if len(rel) == 1:
+        return format_point(rel[0])
+    (ax, ay), (bx, by) = rel[:2]
+    return format_box((min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)))
+
+
+def with_region(question: str, region: str | None) -> str:
+    """Put `region` into `question`: before its final punctuation, or at the end."""
+    if not region or "[[" in question:
+        return question
+    question = question.strip()
+    if question and question[-1] in "?.!":
+        return f"{question[:-1].rstrip()} {region}{question[-1]}"
+    return f"{question} {region}"
+
+
+def render_question(question: str) -> str:
+    """A question for the chat: coordinates as inline code."""
+    return _GROUP.sub(lambda m: f"`{m.group(0)}`", question)
+
+
+def render_answer(text: str, *, streaming: bool = False) -> str:
+    """An answer for the chat: coordinates removed from the text, the raw answer folded below."""
+    if streaming:
+        text = _OPEN_GROUP.sub("", text)
+    if not parse_groundings(text):
+        return text
+    raw = html.escape(text)
+    return (f"{strip_groundings(text)}\n\n<details class=\"raw-answer\"><summary>raw answer with "
+            f"coordinates</summary><code>{raw}</code></details>")
+
+
+def chat_messages(history: list[tuple[str, str]], pending: str | None = None) -> list[dict]:
+    """The chat as Gradio's message dicts."""
+    messages = []
+    for question, answer in history:
+        messages.append({"role": "user", "content": render_question(question)})
+        messages.append({"role": "assistant", "content": render_answer(answer)})
+    if pending is not None:
+        messages.append({"role": "user", "content": render_question(pending)})
+    return messages
+
+
+def notice(text: str) -> dict:
+    """An error line in the chat."""
+    return {"role": "assistant", "content": f"⚠️ {text}"}
+
+
+def about_text(model, checkpoint: str) -> str:
+    """One line on what is running: base models, checkpoint, parameter counts."""
+    config = model.config
+    lm = ("SmolLM2-135M-Instruct (packaged)" if config.language_model == "default"
+          else Path(config.language_model).name)
+    counts = model.parameter_counts()
+
+    def millions(n: int) -> str:
+        return f"{n / 1e6:.1f}M"
+
+    return (f"**Model** base LM {lm} · image encoder {config.vision.model_name} · checkpoint "
+            f"{checkpoint} · parameters: LM {millions(counts['language_model'])}, encoder "
+            f"{millions(counts['encoder'])}, trainable {millions(counts['trainable'])}. "
+            "The default checkpoint was trained on synthetic scenes of emoji objects, so it knows "
+            "those best. Sample images: OpenMoji (CC BY-SA 4.0).")
+
+
+# ------------------------------------------------------------------------------------- the app
+
+
+def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
+    """The chat UI around `model` (anything with `stream_chat`, `config`, `parameter_counts`).
+
+    `checkpoint` is how the About line names the loaded checkpoint. Launch it with `launch_ui`.
+    """
+
+    def on_image(path: str | None):
+        session = Session()  # a new image starts a new conversation
+        if path is None:
+            return session, [], None, ""
+        try:
+            image = load_image(path)
+        except ImageError as e:
+            gr.Warning(f"Could not use this image: {e}")
+            return session, [notice(f"Could not use this image: {e}")], None, ""
+        session.image = image
+        session.view = image.copy()
+        session.view.thumbnail((VIEW_SIDE, VIEW_SIDE))
+        return session, [], session.view, ""
+
+    def on_click(session: Session, evt: gr.SelectData):
+        if session.image is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) != 2:
+            return session, gr.skip(), gr.skip()
+        width, height = session.image.size
+        x = min(max(int(evt.index[0]), 0), width - 1)
+        y = min(max(int(evt.index[1]), 0), height - 1)
+        session.clicks = [*session.clicks, (x, y)] if len(session.clicks) == 1 else [(x, y)]
+        region = region_text(session.clicks, session.image.size)
+        kind = "point" if len(session.clicks) == 1 else "box"
+        hint = " (click again for a box)" if kind == "point" else ""
+        view = draw_groundings(session.view, f"selected {kind} {region}")
+        return session, f"Region: {kind} `{region}`{hint}; your next question carries it.", view
+
+    def on_clear_region(session: Session):
+        session.clicks = []
+        return session, "", session.view
+
+    def ask(session: Session, question: str):
+        """Queue `question`, with the clicked region if any, and show it in the chat."""
+        question = (question or "").strip()
+        region = region_text(session.clicks, session.image.size) if session.image else None
+        if not question and region:
+            question = REGION_PROMPT.format(region)
+        if not question:
+            gr.Warning("Type a question first.")
+            session.pending = None
+            return session, gr.skip(), gr.skip(), gr.skip()
+        session.pending = with_region(question, region)
+        session.clicks = []
+        return session, chat_messages(session.history, session.pending), "", ""
+
+    def ask_about_object(session: Session, name: str, template: str):
+        name = (name or "").strip().rstrip("?.!")
+        if not name:
+            gr.Warning("Type the name of an object first (for example: dog).")
+            session.pending = None
+            return session, gr.skip(), gr.skip(), gr.skip()
+        return ask(session, template.format(name))
+
+    def regenerate(session: Session):
+        if not session.history:
+            gr.Warning("Nothing to regenerate yet: ask a question first.")
+            session.pending = None
+            return session, gr.skip()
+        question, _ = session.history.pop()
+        session.pending = question
+        return session, chat_messages(session.history, session.pending)
+
+    def respond(session: Session, temperature: float, top_p: float, max_new_tokens: float):
+        """Stream the answer to the pending question; record it (even a partial one) in the history."""
+        question = session.pending
+        if question is None:
+            yield session, gr.skip(), gr.skip()
+            return
+        session.pending = None
+        messages = chat_messages(session.history, question)
+        text = ""
+        shown_groups = 0
+        completed = False
+        stream = model.stream_chat(session.image, question, list(session.history),
+                                   temperature=float(temperature), top_p=float(top_p),
+                                   max_new_tokens=int(max_new_tokens))
+        try:
+            for text in stream:
+                groups = len(parse_groundings(text))
+                view = gr.skip()
+                if groups != shown_groups and session.view is not None:
+                    shown_groups = groups
+                    view = draw_groundings(session.view, text)
+                reply = {"role": "assistant", "content": render_answer(text, streaming=True)}
+                yield session, [*messages, reply], view
+            completed = True
+        except (ValueError, RuntimeError, ImageError) as e:
+            yield from _fail(session, messages, question, text, f"The model could not answer: {e}")
+            return
+        except Exception as e:  # the UI must keep serving; the full error goes to the log
+            log.exception("generation failed")
+            yield from _fail(session, messages, question, text,
+                             f"The model failed ({type(e).__name__}: {e}). Try again, or Clear "
+                             "and start over; the server log has the details.")
+            return
+        finally:
+            stream.close()
+            if completed or text:  # a stopped answer stays in the conversation as far as it got
+                session.history.append((question, text))
+        view = draw_groundings(session.view, text) if session.view is not None else None
+        yield session, chat_messages(session.history), view
+
+    def _fail(session: Session, messages, question, text, message):
+        gr.Warning(message)
+        shown = [*messages, {"role": "assistant", "content": render_answer(text)}] if text else messages
+        yield session, [*shown, notice(message)], gr.skip()
+
+    def clear(session: Session):
+        fresh = Session(image=session.image, view=session.view)
+        return fresh, [], fresh.view, "", ""
+
+    with gr.Blocks(title="cogvlm-lite", analytics_enabled=False) as demo:
+        session = gr.State(Session())
+        gr.Markdown("## cogvlm-lite: chat about an image\nUpload an image and ask about it. Boxes in "
+                    "an answer are drawn beside the chat. Click the image once for a point or twice "
+                    "for a box, then ask *What is this?*")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=5):
+                image_in = ImageInput(type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                      label="Image (click to pick a region)", height=300,
+                                      elem_id="image-input")
+                with gr.Row():
+                    region_md = gr.Markdown("", elem_id="region")
+                    clear_region_btn = gr.Button("Clear region", size="sm", scale=0, min_width=110)
+                annotated = gr.Image(type="pil", format="png", label="Boxes in the last answer",
+                                     interactive=False, height=300, elem_id="annotated")
+                if SAMPLES.is_dir():
+                    samples = sorted(SAMPLES.glob("*.png"))
+                    if samples:
+                        gr.Examples([[str(p)] for p in samples], inputs=[image_in], label="Sample images")
+            with gr.Column(scale=7):
+                chatbot = gr.Chatbot(label="Chat", height=520, elem_id="chat", buttons=["copy"],
+                                     feedback_options=None, placeholder="Upload an image, then ask.")
+                with gr.Row():
+                    question = gr.Textbox(placeholder="Ask about the image…", show_label=False,
+                                          scale=6, elem_id="question", autofocus=True)
+                    send_btn = gr.Button("Send", variant="primary", scale=1, min_width=80)
+                with gr.Row():
+                    stop_btn = gr.Button("Stop", variant="stop", size="sm")
+                    regen_btn = gr.Button("Regenerate", size="sm")
+                    clear_btn = gr.Button("Clear", size="sm")
+                with gr.Row(equal_height=True):
+                    describe_btn = gr.Button("Describe with boxes", size="sm", scale=2)
+                    object_name = gr.Textbox(placeholder="object, e.g. dog", show_label=False, scale=2,
+                                             min_width=120, elem_id="object-name")
+                    find_btn = gr.Button("Find it", size="sm", scale=1)
+                    count_btn = gr.Button("Count", size="sm", scale=1)
+                with gr.Accordion("Generation settings", open=False):
+                    temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature",
+                                            info="0 always picks the most likely token")
+                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
+                    max_new_tokens = gr.Slider(16, 1024, value=256, step=16, label="Max new tokens")
+        gr.Markdown(about_text(model, checkpoint), elem_id="about")
+
+        light = dict(concurrency_limit=4)
+        image_in.change(on_image, [image_in], [session, chatbot, annotated, region_md], **light)
+        image_in.select(on_click, [session], [session, region_md, annotated], **light)
+        clear_region_btn.click(on_clear_region, [session], [session, region_md, annotated], queue=False)
+
+        generate = dict(fn=respond, inputs=[session, temperature, top_p, max_new_tokens],
+                        outputs=[session, chatbot, annotated], concurrency_limit=1,
+                        concurrency_id="model", show_progress="minimal")
+        asked = [session, chatbot, question, region_md]
+        runs = [
+            question.submit(ask, [session, question], asked, queue=False).then(**generate),
+            send_btn.click(ask, [session, question], asked, queue=False).then(**generate),
+            describe_btn.click(lambda s: ask(s, DESCRIBE_PROMPT), [session], asked,
+                               queue=False).then(**generate),
+            find_btn.click(lambda s, n: ask_about_object(s, n, FIND_PROMPT), [session, object_name],
+                           asked, queue=False).then(**generate),
+            count_btn.click(lambda s, n: ask_about_object(s, n, COUNT_PROMPT), [session, object_name],
+                            asked, queue=False).then(**generate),
+            regen_btn.click(regenerate, [session], [session, chatbot], queue=False).then(**generate),
+        ]
+        stop_btn.click(None, None, None, cancels=runs, queue=False)
+        clear_btn.click(clear, [session], [session, chatbot, annotated, region_md, question],
+                        cancels=runs, queue=False)
+    demo.queue(max_size=queue_size)
+    return demo
+
+
+def theme() -> gr.themes.Base:
+    """A light theme with system fonts, so nothing is fetched from the network."""
+    sans = ["ui-sans-serif", "system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"]
+    mono = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
+    return gr.themes.Soft(primary_hue="indigo", font=sans, font_mono=mono)
+
+
+def launch_ui(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+              block: bool = True, quiet: bool = False) -> str:
+    """Serve `demo`; returns the local URL (at once when `block` is False, else after Ctrl-C)."""
+    _, url, _ = demo.launch(
+        server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
+        max_file_size=MAX_BYTES, theme=theme(), css=CSS, ssr_mode=False, quiet=quiet,
+        show_error=False, footer_links=[], pwa=False, mcp_server=False,
+    )
+    return url
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python app.py [--host H] [--port P] [--share] [--checkpoint DIR] [--device D]`."""
+    parser = argparse.ArgumentParser(
+        prog="app.py", description="The cogvlm-lite chat UI in the browser (Gradio).")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 opens it to the network)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--share", action="store_true",
+                        help="also make a temporary public link through Gradio's share servers")
+    parser.add_argument("--checkpoint", help="a fine-tuned checkpoint folder (default: the embedded model)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ...")
+    args = parser.parse_args(argv)
+
+    from .model import CONFIG_NAME, DEFAULT_CHECKPOINT, load_model
+
+    if args.checkpoint:
+        label = args.checkpoint
+    elif (DEFAULT_CHECKPOINT / CONFIG_NAME).is_file():
+        label = "default"
+    else:
+        label = "none (the visual expert is untrained, so answers about images are poor)"
+    try:
+        model = load_model(args.checkpoint, device=args.device)
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"app.py: cannot load the model: {e}", file=sys.stderr)
+        return 1
+    demo = build_ui(model, label)
+    try:
+        launch_ui(demo, host=args.host, port=args.port, share=args.share)
+    except OSError as e:
+        print(f"app.py: cannot serve on {args.host}:{args.port}: {e}; pick another --port or --host",
+              file=sys.stderr)
+        return 1
+    return 0

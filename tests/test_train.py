@@ -1,0 +1,151 @@
+"""Training mechanics on tiny models: end to end, exact resume after SIGKILL, DDP, bad data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cogvlm_lite.data import BatchSampler, read_conversations
+from cogvlm_lite.scenes import write_dataset
+from cogvlm_lite.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scenes")
+    write_dataset(out, 8, seed=5, image_size=96)
+    return out
+
+
+@pytest.fixture
+def tiny_checkpoint(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "tiny")
+    return str(tmp_path / "tiny")
+
+
+def losses(run) -> dict[int, float]:
+    out = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if "loss" in r:
+            out[r["step"]] = r["loss"]
+    return out
+
+
+def cli_train(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "cogvlm_lite", "train", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_end_to_end_train_save_resume_evaluate(scenes, tiny_checkpoint, tmp_path):
+    from cogvlm_lite import load_model
+
+    run = tmp_path / "run"
+    config = TrainConfig(data=str(scenes / "train.jsonl"), out=str(run), init_from=tiny_checkpoint,
+                         eval_data=str(scenes / "questions.jsonl"), eval_limit=3, steps=3,
+                         batch_size=4, save_every=2, warmup=1)
+    last = train(config)
+    assert last["step"] == 3 and last["loss"] > 0
+    assert {"config.json", "model.safetensors", "train_state.pt", "metrics.jsonl", "loss.png",
+            "train_config.json", "eval-000003.jsonl"} <= set(os.listdir(run))
+    evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval" in r and r["eval"]["overall"]["n"] == 3 for r in evals)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config)
+    config.resume, config.steps = True, 4
+    assert train(config)["step"] == 4
+    assert sorted(losses(run)) == [1, 2, 3, 4]
+    model = load_model(run, device="cpu")
+    assert model.chat(str(scenes / "images" / "000000.png"), "Where is the dog?", max_new_tokens=3)
+
+
+def test_killed_run_resumes_exactly(scenes, tiny_checkpoint, tmp_path):
+    common = ["--data", str(scenes / "train.jsonl"), "--init-from", tiny_checkpoint,
+              "--batch-size", "4", "--save-every", "2", "--warmup", "0", "--min-lr-ratio", "1",
+              "--no-cache-features"]
+    steady = tmp_path / "steady"
+    train(TrainConfig(data=str(scenes / "train.jsonl"), out=str(steady), init_from=tiny_checkpoint,
+                      batch_size=4, save_every=2, warmup=0, min_lr_ratio=1, cache_features=False,
+                      steps=7))
+    killed = tmp_path / "killed"
+    proc = cli_train(*common, "--out", str(killed), "--steps", "1000")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (killed / "train_state.pt").exists() and len(losses_or_empty(killed)) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 3 <= len(losses_or_empty(killed)) < 1000
+    resumed = cli_train(*common, "--out", str(killed), "--steps", "7", "--resume")
+    _, err = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, err
+    assert losses(killed) == losses(steady)
+
+
+def losses_or_empty(run):
+    try:
+        return losses(run)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def test_two_process_ddp_matches_one_process(scenes, tiny_checkpoint, tmp_path):
+    common = ["--data", str(scenes / "train.jsonl"), "--init-from", tiny_checkpoint,
+              "--batch-size", "4", "--steps", "3", "--warmup", "1", "--no-bf16", "--device", "cpu"]
+    single = cli_train(*common, "--out", str(tmp_path / "one"))
+    _, err = single.communicate(timeout=180)
+    assert single.returncode == 0, err
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29533", "-m", "cogvlm_lite", "train", *common,
+                          "--out", str(tmp_path / "two")], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert one.keys() == two.keys() == {1, 2, 3}
+    for step in one:  # same global batch, loss normalised by the global token count
+        assert two[step] == pytest.approx(one[step], rel=1e-4)
+
+
+def test_sampler_shares_and_resumes():
+    full = BatchSampler(10, 4, seed=1)
+    a, b = BatchSampler(10, 4, seed=1, rank=0, world=2), BatchSampler(10, 4, seed=1, rank=1, world=2)
+    for _ in range(5):
+        batch = full.next()
+        assert sorted(a.next() + b.next()) == sorted(batch)
+    again = BatchSampler(10, 4, seed=1)
+    again.load_state_dict(full.state_dict())
+    assert again.next() == full.next()
+
+
+def test_bad_lines_name_the_file_and_line(tmp_path, scenes):
+    good = (scenes / "train.jsonl").read_text().splitlines()[0]
+    data = tmp_path / "train.jsonl"
+    (tmp_path / "images").symlink_to(scenes / "images")
+    data.write_text(good + "\n{not json\n" + good + "\n")
+    with pytest.raises(ValueError, match=r"train.jsonl, line 2: not valid JSON"):
+        read_conversations(data)
+    assert len(read_conversations(data, skip_bad=True)) == 2
+    data.write_text(json.dumps({"image": "images/missing.png", "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}) + "\n")
+    with pytest.raises(ValueError, match="line 1: image .*missing.png not found"):
+        read_conversations(data)
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    with pytest.raises(ValueError, match="end with an assistant reply"):
+        read_conversations(data)
+
+
+def test_llava_format(tmp_path, scenes):
+    (tmp_path / "images").symlink_to(scenes / "images")
+    record = {"image": "images/000000.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat is this?"}, {"from": "gpt", "value": "A dog."}]}
+    (tmp_path / "llava.json").write_text(json.dumps([record]))
+    [sample] = read_conversations(tmp_path / "llava.json")
+    assert sample.messages == [{"role": "user", "content": "What is this?"},
+                               {"role": "assistant", "content": "A dog."}]
+    assert sample.image == tmp_path / "images" / "000000.png"
