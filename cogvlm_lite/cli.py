@@ -49,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     add_model_arguments(p)
     p.set_defaults(run=run_serve)
 
+    p = sub.add_parser("bench", help="speed figures, side by side with transformers and llama.cpp")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quick", action="store_true", help="few tokens, one repeat (a smoke run)")
+    p.add_argument("--tokens", type=int, help="new tokens per decode (default 128; quick: 8)")
+    p.add_argument("--repeats", type=int, help="timed repeats, median reported (default 3)")
+    p.set_defaults(run=run_bench)
+
     args = parser.parse_args(argv)
     try:
         return args.run(args) or 0
@@ -191,6 +198,13 @@ def run_eval(args) -> int:
     from .evaluate import score_files
 
     print(json.dumps(score_files(args.data, args.pred), indent=2))
+    return 0
+
+
+def run_bench(args) -> int:
+    from .bench import main as bench
+
+    bench(args.json, args.quick, args.tokens, args.repeats)
     return 0
 
 

@@ -31,6 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -334,27 +335,29 @@ def create_app(model, api_key: str | None = None, model_name: str = MODEL_NAME, 
                 waiting -= 1
             try:
                 text = ""
-                async for text in _generate(model, req):
-                    text, stopped = cut_at_stop(text, req.stop)
-                    if stopped:
-                        yield text, "stop"
-                        return
-                    yield text, None
-                tokens = _count(model, text)
+                async with aclosing(_generate(model, req)) as texts:
+                    async for text in texts:
+                        text, stopped = cut_at_stop(text, req.stop)
+                        if stopped:
+                            yield text, "stop"
+                            return
+                        yield text, None
+                tokens = _count(model, text, req.generation["max_new_tokens"])
                 yield text, "length" if tokens >= req.generation["max_new_tokens"] else "stop"
             finally:
                 lock.release()
 
         def usage(text: str) -> dict:
-            completion = _count(model, text)
+            completion = _count(model, text, req.generation["max_new_tokens"])
             return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                     "total_tokens": prompt_tokens + completion}
 
         if not req.stream:
             text, finish = "", "stop"
             try:
-                async for text, reason in answers():
-                    finish = reason or finish
+                async with aclosing(answers()) as stream:
+                    async for answer in stream:
+                        text, finish = answer[0], answer[1] or finish
             except ValueError as e:
                 raise _bad(f"the model could not answer: {e}") from e
             except Exception as e:  # the server keeps serving; the details go to the log
@@ -379,18 +382,18 @@ def create_app(model, api_key: str | None = None, model_name: str = MODEL_NAME, 
 
         async def events() -> AsyncIterator[str]:
             yield chunk({"role": "assistant", "content": ""})
-            sent, text = "", ""
+            sent = ""
             try:
-                async for text, finish in answers():
-                    ready = text if finish else text[: max(len(sent), len(text) - hold)]
-                    if ready.startswith(sent) and len(ready) > len(sent):
-                        yield chunk({"content": ready[len(sent):]})
-                        sent = ready
-                    if finish:
-                        yield chunk({}, finish)
-            except Exception as e:  # headers are sent: report the error as an event
-                if not isinstance(e, ValueError):
-                    log.exception("generation failed")
+                async with aclosing(answers()) as stream:
+                    async for text, finish in stream:
+                        ready = text if finish else text[: max(len(sent), len(text) - hold)]
+                        if ready.startswith(sent) and len(ready) > len(sent):
+                            yield chunk({"content": ready[len(sent):]})
+                            sent = ready
+                        if finish:
+                            yield chunk({}, finish)
+            except Exception as e:  # the headers are sent: report the error as an event
+                log.exception("generation failed")
                 error = APIError(500, f"generation failed ({type(e).__name__}: {e})",
                                  code="generation_failed", kind="server_error")
                 yield _sse(error.body())
@@ -441,8 +444,9 @@ def _prompt_tokens(model, req: ChatRequest) -> int:
     return len(encoded.input_ids) + max(n_image - 1, 0)
 
 
-def _count(model, text: str) -> int:
-    return len(model.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+def _count(model, text: str, limit: int) -> int:
+    """Tokens in an answer, as the tokenizer encodes it; at most `limit`, the tokens generated."""
+    return min(limit, len(model.tokenizer(text, add_special_tokens=False)["input_ids"])) if text else 0
 
 
 def _sse(data: dict) -> str:

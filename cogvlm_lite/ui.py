@@ -104,6 +104,8 @@ def render_answer(text: str, *, streaming: bool = False) -> str:
     """An answer for the chat: coordinates removed from the text, the raw answer folded below."""
     if streaming:
         text = _OPEN_GROUP.sub("", text)
+    elif not text.strip():
+        return "*(the answer is empty)*"
     if not parse_groundings(text):
         return text
     raw = html.escape(text)
@@ -160,8 +162,10 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
         try:
             image = load_image(path)
         except ImageError as e:
-            gr.Warning(f"Could not use this image: {e}")
-            return session, [notice(f"Could not use this image: {e}")], None, ""
+            # Name the file as the user knows it, not by its place in Gradio's upload folder.
+            message = f"Could not use this image: {str(e).replace(path, Path(path).name)}"
+            gr.Warning(message)
+            return session, [notice(message)], None, ""
         session.image = image
         session.view = image.copy()
         session.view.thumbnail((VIEW_SIDE, VIEW_SIDE))
@@ -282,7 +286,8 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
                 if SAMPLES.is_dir():
                     samples = sorted(SAMPLES.glob("*.png"))
                     if samples:
-                        gr.Examples([[str(p)] for p in samples], inputs=[image_in], label="Sample images")
+                        gr.Examples([[str(p)] for p in samples], inputs=[image_in], label="Sample images",
+                                    elem_id="samples")
             with gr.Column(scale=7):
                 chatbot = gr.Chatbot(label="Chat", height=520, elem_id="chat", buttons=["copy"],
                                      feedback_options=None, placeholder="Upload an image, then ask.")
@@ -297,14 +302,16 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
                 with gr.Row(equal_height=True):
                     describe_btn = gr.Button("Describe with boxes", size="sm", scale=2)
                     object_name = gr.Textbox(placeholder="object, e.g. dog", show_label=False, scale=2,
-                                             min_width=120, elem_id="object-name")
+                                             min_width=120, container=False, elem_id="object-name")
                     find_btn = gr.Button("Find it", size="sm", scale=1)
                     count_btn = gr.Button("Count", size="sm", scale=1)
                 with gr.Accordion("Generation settings", open=False):
                     temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature",
-                                            info="0 always picks the most likely token")
-                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
-                    max_new_tokens = gr.Slider(16, 1024, value=256, step=16, label="Max new tokens")
+                                            info="0 always picks the most likely token",
+                                            elem_id="temperature")
+                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p", elem_id="top-p")
+                    max_new_tokens = gr.Slider(16, 1024, value=256, step=16, label="Max new tokens",
+                                               elem_id="max-new-tokens")
         gr.Markdown(about_text(model, checkpoint), elem_id="about")
 
         light = dict(concurrency_limit=4)

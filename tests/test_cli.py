@@ -22,7 +22,7 @@ def tiny_checkpoint(tiny_model, tmp_path):
 def test_help_lists_the_commands():
     out = cli("--help")
     assert out.returncode == 0
-    for command in ("chat", "scenes", "serve"):
+    for command in ("chat", "scenes", "train", "vqa", "eval", "serve", "bench"):
         assert command in out.stdout
 
 
@@ -60,3 +60,19 @@ def test_default_chat_cli_answers(tmp_path):
               stdin="What is the capital of France? Answer briefly.\n")
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout
+
+
+@pytest.mark.weights
+def test_bench_quick_json_has_stable_keys():
+    import json
+
+    out = cli("bench", "--quick", "--json", timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("load_warm_s", "decode_tok_s", "decode_with_image_tok_s",
+                "transformers_decode_tok_s", "llama_cpp_decode_tok_s", "time_to_first_token_s",
+                "prefill_tok_s", "train_tok_s", "lm_forward_backward_tok_s", "peak_memory_mb"):
+        assert key in figures, key
+    assert figures["decode_tok_s"] > 0 and figures["train_tok_s"] > 0
+    assert set(figures["ratios"]) == {"decode_vs_transformers", "decode_image_vs_text",
+                                      "decode_vs_llama_cpp", "train_vs_lm_forward_backward"}

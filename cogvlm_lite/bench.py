@@ -1,0 +1,241 @@
+"""`cogvlm-lite bench`: speed figures side by side with the peers, in one run on one machine.
+
+Every figure is the median of several timed repeats after a warm-up. Peers: transformers'
+`generate` on the same weights and precision, and llama.cpp on the packaged Q4_1 GGUF when
+`llama_cpp` is importable (`pip install llama-cpp-python`, a source build); otherwise it reports
+"skipped".
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+QUESTION = "Where is the dog in this picture? Answer in [[x0,y0,x1,y1]] format, please."
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def test_image(size: int = 224) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+def run_bench(tokens: int = 128, repeats: int = 3, quick: bool = False) -> dict:
+    """All figures as one dict with stable keys (seconds, tokens/s, MB, ratios)."""
+    from .decoder import Decoder
+    from .generation import GenerationConfig, decode_tokens
+    from .model import load_model
+    from .weights import convert_gguf, default_lm_dir, default_lm_gguf
+
+    torch.manual_seed(0)
+    figures: dict = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+                     "torch": torch.__version__, "new_tokens": tokens, "repeats": repeats,
+                     "precision": "fp32"}
+    if not quick:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            convert_gguf(default_lm_gguf(), tmp + "/lm")
+            Decoder.from_pretrained(tmp + "/lm")
+            figures["load_first_run_s"] = round(time.perf_counter() - start, 2)
+    default_lm_dir()
+    start = time.perf_counter()
+    model = load_model(device="cpu")
+    figures["load_warm_s"] = round(time.perf_counter() - start, 2)
+
+    config = GenerationConfig(max_new_tokens=tokens)
+    image = test_image(model.config.vision.image_size)
+
+    def decode(with_image: bool) -> Callable[[], None]:
+        def run():
+            model.reset()
+            prefill_then_decode(model, image if with_image else None, config, decode_tokens)
+        return run
+
+    text_s = median_time(decode(False), repeats)
+    image_s = median_time(decode(True), repeats)
+    # Decode time only: subtract the prefill measured on its own.
+    pre_text = median_time(lambda: prefill(model, None), repeats)
+    pre_image = median_time(lambda: prefill(model, image), repeats)
+    figures["decode_tok_s"] = round(tokens / max(text_s - pre_text, 1e-9), 1)
+    figures["decode_with_image_tok_s"] = round(tokens / max(image_s - pre_image, 1e-9), 1)
+
+    figures["transformers_decode_tok_s"] = round(transformers_decode(tokens, repeats), 1)
+    figures["llama_cpp_decode_tok_s"] = llama_cpp_decode(tokens, repeats)
+
+    ttft_image = test_image(224)
+    figures["time_to_first_token_s"] = round(median_time(lambda: prefill(model, ttft_image),
+                                                         repeats), 3)
+    n_prefill = prompt_tokens(model, image)
+    figures["prefill_tokens"] = n_prefill
+    figures["prefill_tok_s"] = round(n_prefill / pre_image, 1)
+
+    train_s, plain_s, n_train = training_speed(model, repeats)
+    figures["train_tok_s"] = round(n_train / train_s, 1)
+    figures["lm_forward_backward_tok_s"] = round(n_train / plain_s, 1)
+    figures["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+    def ratio(a, b):
+        return round(figures[a] / figures[b], 3) if isinstance(figures.get(b), float) else None
+
+    figures["ratios"] = {
+        "decode_vs_transformers": ratio("decode_tok_s", "transformers_decode_tok_s"),
+        "decode_image_vs_text": ratio("decode_with_image_tok_s", "decode_tok_s"),
+        "decode_vs_llama_cpp": ratio("decode_tok_s", "llama_cpp_decode_tok_s"),
+        "train_vs_lm_forward_backward": ratio("train_tok_s", "lm_forward_backward_tok_s"),
+    }
+    return figures
+
+
+def prefill(model, image) -> str:
+    """Image loading, encoder, adapter and prefill: the work before the first token."""
+    model.reset()
+    return model.chat(image, QUESTION, max_new_tokens=1)
+
+
+def prefill_then_decode(model, image, config, decode_tokens) -> None:
+    """A full generation of exactly `config.max_new_tokens` tokens (end-of-text ignored)."""
+    from .conversation import as_messages
+
+    with torch.no_grad():
+        n_image = model.adapter.num_tokens if image is not None else 0
+        ids = model.builder.encode(as_messages([], QUESTION), image_tokens=n_image).input_ids
+        embeds = model.image_embeddings([image]) if image is not None else None
+        cache = model.lm.new_cache(1, len(ids) + n_image + config.max_new_tokens)
+        inputs = model.prepare(torch.tensor([ids]), embeds)
+        last = model.lm.logits(model.hidden_states(inputs, cache=cache)[0, -1])
+    nxt = int(inputs.position_ids[0, -1]) + 1
+    for _ in decode_tokens(model.lm, cache, last, nxt, config, stop_ids=set()):
+        pass
+
+
+def prompt_tokens(model, image) -> int:
+    from .conversation import as_messages
+
+    n_image = model.adapter.num_tokens if image is not None else 0
+    ids = model.builder.encode(as_messages([], QUESTION), image_tokens=n_image).input_ids
+    return len(ids) + max(n_image - 1, 0)
+
+
+def transformers_decode(tokens: int, repeats: int) -> float:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .weights import default_lm_dir
+
+    path = default_lm_dir()
+    tok = AutoTokenizer.from_pretrained(path)
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ids = tok.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+
+    def run(n):
+        with torch.no_grad():
+            lm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                        min_new_tokens=n, do_sample=False, pad_token_id=tok.eos_token_id)
+
+    total = median_time(lambda: run(tokens), repeats)
+    first = median_time(lambda: run(1), repeats)
+    return tokens / max(total - first, 1e-9)
+
+
+def llama_cpp_decode(tokens: int, repeats: int) -> float | str:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return "skipped (llama_cpp not installed: pip install llama-cpp-python)"
+    from .weights import default_lm_gguf
+
+    llm = Llama(model_path=str(default_lm_gguf()), n_threads=torch.get_num_threads(), verbose=False)
+
+    def run(n):
+        llm.reset()
+        llm(QUESTION, max_tokens=n, temperature=0.0, ignore_eos=True)
+
+    total = median_time(lambda: run(tokens), repeats)
+    first = median_time(lambda: run(1), repeats)
+    return round(tokens / max(total - first, 1e-9), 1)
+
+
+def training_speed(model, repeats: int, batch: int = 8) -> tuple[float, float, int]:
+    """Seconds per step: expert fine-tuning vs a plain LM forward+backward on as many tokens.
+
+    Runs last: it keeps `model`'s frozen weights in bf16 from here on, as training does.
+    """
+    from .conversation import as_messages
+    from .decoder import Decoder
+    from .train import freeze_in
+    from .weights import default_lm_dir
+
+    trainee = model.train()
+    freeze_in(trainee, torch.bfloat16)
+    messages = as_messages([(QUESTION, "[[120,340,560,780]]")] * 2)
+    enc = trainee.builder.encode(messages, image_tokens=trainee.adapter.num_tokens,
+                                 generation_prompt=False)
+    ids = torch.tensor([enc.input_ids] * batch)
+    labels = torch.tensor([enc.labels] * batch)
+    features = trainee.encoder(trainee.pixels([test_image()] * batch))
+    params = [p for p in trainee.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = trainee(input_ids=ids, image_features=features, labels=labels)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    n_tokens = batch * (ids.shape[1] + trainee.adapter.num_tokens - 1)
+    train_s = median_time(step, repeats)
+    lm = Decoder.from_pretrained(default_lm_dir()).to(torch.bfloat16)
+    for name, p in lm.named_parameters():
+        p.requires_grad_(name.split(".")[-2] in ("gate_proj", "up_proj", "down_proj"))
+    plain_ids = torch.randint(0, lm.config.vocab_size, (batch, n_tokens // batch))
+
+    def plain():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = lm.logits(lm(plain_ids))
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
+                                                     plain_ids[:, 1:].flatten())
+        loss.backward()
+        for p in lm.parameters():
+            p.grad = None
+
+    plain_s = median_time(plain, repeats)
+    return train_s, plain_s, n_tokens
+
+
+def report(figures: dict) -> str:
+    lines = [f"cogvlm-lite bench — {figures['machine']}, torch {figures['torch']}, "
+             f"{figures['precision']}, {figures['new_tokens']} new tokens, median of "
+             f"{figures['repeats']}"]
+    for key, value in figures.items():
+        if key in ("machine", "torch", "precision", "new_tokens", "repeats", "ratios"):
+            continue
+        lines.append(f"  {key:32s} {value}")
+    lines.append("  ratios:")
+    for key, value in figures["ratios"].items():
+        lines.append(f"    {key:30s} {value if value is not None else 'n/a'}")
+    return "\n".join(lines)
+
+
+def main(as_json: bool, quick: bool, tokens: int | None, repeats: int | None) -> None:
+    figures = run_bench(tokens or (8 if quick else 128), repeats or (1 if quick else 3), quick)
+    print(json.dumps(figures) if as_json else report(figures))

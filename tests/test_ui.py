@@ -1,0 +1,375 @@
+"""The Gradio chat UI in a real browser: headless Chromium (Debian's) driven by Playwright.
+
+The app runs on loopback with a tiny random model. A wrapper records every question the model
+gets and, for questions with a known key, streams a scripted answer word by word, so that boxes
+appear deterministically; other questions go through the tiny model's own generation.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from playwright.sync_api import expect, sync_playwright
+from tiny import tiny_config
+
+from cogvlm_lite import build_model
+from cogvlm_lite.ui import DESCRIBE_PROMPT, build_ui, launch_ui
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "docs" / "samples"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run"]
+# The exact boxes of the objects in docs/samples/park.png, in the training data's caption style.
+PARK_ANSWER = ("A dog [[125,556,354,822]], a butterfly [[312,194,421,297]], a soccer ball "
+               "[[417,744,529,894]], a tree [[604,306,904,722]] and a sun [[771,061,938,283]].")
+BOT = "#chat [data-testid='bot']"
+pytestmark = pytest.mark.filterwarnings(  # raised inside Gradio's queue by pandas 3
+    "ignore:'future.no_silent_downcasting' is deprecated", "ignore:The copy keyword is deprecated")
+USER = "#chat [data-testid='user']"
+
+
+@dataclass
+class Call:
+    image_size: tuple[int, int] | None
+    query: str
+    history: list
+    options: dict
+    text: str = ""
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class ScriptedModel:
+    """The tiny model, recording each question; a question containing a script's key gets its answer."""
+
+    def __init__(self, model):
+        self.model = model
+        self.calls: list[Call] = []
+        self.scripts: dict[str, tuple[str, float]] = {}  # key -> (answer, seconds per word)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def stream_chat(self, image, query, history=(), **options):
+        call = Call(image.size if image is not None else None, query, list(history), options)
+        self.calls.append(call)
+        try:
+            for text in self._texts(image, query, history, options):
+                call.text = text
+                yield text
+        finally:
+            call.done.set()
+
+    def _texts(self, image, query, history, options):
+        for key, (answer, delay) in self.scripts.items():
+            if key in query:
+                words = answer.split(" ")
+                for i in range(1, len(words) + 1):
+                    time.sleep(delay)
+                    yield " ".join(words[:i])
+                return
+        yield from self.model.stream_chat(image, query, history, **options)
+
+    def call(self, key: str, *, after: int = 0, timeout: float = 60) -> Call:
+        """The first call from index `after` on whose question contains `key`, once answered."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [c for c in self.calls[after:] if key in c.query]
+            if found:
+                assert found[0].done.wait(max(0.0, deadline - time.monotonic())), f"{key!r} not answered"
+                return found[0]
+            assert time.monotonic() < deadline, f"the model never got a question with {key!r}"
+            time.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def scripted(tiny_lm_dir, tiny_encoder_file):
+    return ScriptedModel(build_model(tiny_config(tiny_lm_dir, tiny_encoder_file), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def app_url(scripted):
+    demo = build_ui(scripted, "tiny test model")
+    url = launch_ui(demo, port=free_port(), block=False, quiet=True)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def context(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    yield context
+    context.close()
+
+
+def open_app(context, url):
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_selector("#chat")
+    return page
+
+
+def upload(page, file) -> None:
+    """Upload an image and wait until the app has taken it (it then shows it beside the chat)."""
+    page.set_input_files("#image-input input[type=file]", file)
+    page.wait_for_selector("#annotated img")
+
+
+def ask(page, question: str) -> None:
+    page.fill("#question textarea", question)
+    page.press("#question textarea", "Enter")
+
+
+def click_image(page, x: int, y: int) -> None:
+    """Click the uploaded image at pixel (x, y) of the original image."""
+    left, top, width, height, nw, nh = page.evaluate(
+        "() => { const img = document.querySelector('#image-input img');"
+        " const r = img.getBoundingClientRect();"
+        " return [r.left, r.top, r.width, r.height, img.naturalWidth, img.naturalHeight]; }")
+    scale = min(width / nw, height / nh, 1)
+    page.mouse.click(left + (width - nw * scale) / 2 + x * scale, top + (height - nh * scale) / 2 + y * scale)
+
+
+def test_real_model_answer_streams_into_the_chat(context, app_url, scripted):
+    page = open_app(context, app_url)
+    upload(page, SAMPLES / "street.png")
+    page.click("text=Generation settings")
+    for slider, value in (("#temperature", "1"), ("#max-new-tokens", "32")):
+        page.fill(f"{slider} input[type=number]", value)
+        page.press(f"{slider} input[type=number]", "Enter")
+    page.wait_for_timeout(300)
+    ask(page, "How many cats are there?")
+    call = scripted.call("How many cats")
+    assert call.image_size == (440, 300)
+    assert call.options["temperature"] == 1.0 and call.options["max_new_tokens"] == 32
+    assert call.text.strip(), "the tiny model generated nothing"
+    bot = page.locator(BOT).last
+    expect(bot).not_to_have_text("")
+    for word in re.findall(r"[A-Za-z]{3,}", call.text)[:3]:
+        expect(bot).to_contain_text(word)
+    expect(page.locator(USER).last).to_have_text("How many cats are there?")
+
+
+def test_grounded_answer_streams_and_boxes_are_drawn(context, app_url, scripted):
+    scripted.scripts[DESCRIBE_PROMPT] = (PARK_ANSWER, 0.1)
+    page = open_app(context, app_url)
+    upload(page, SAMPLES / "park.png")
+    before = page.get_attribute("#annotated img", "src")
+    start = len(scripted.calls)
+    page.click("text=Describe with boxes")
+    seen = set()
+    deadline = time.monotonic() + 60
+    while not (len(scripted.calls) > start and scripted.calls[-1].done.is_set()):
+        assert time.monotonic() < deadline
+        if page.locator(BOT).count():
+            seen.add(page.locator(BOT).last.inner_text())
+        time.sleep(0.05)
+    call = scripted.call("Describe the image", after=start)
+    assert call.query == DESCRIBE_PROMPT and call.image_size == (480, 360)
+    assert len([t for t in seen if t.strip()]) >= 3, f"the answer did not stream: {seen}"
+
+    bot = page.locator(BOT).last
+    expect(bot).to_contain_text("A dog, a butterfly, a soccer ball, a tree and a sun.")
+    assert "[[" not in bot.inner_text()  # coordinates folded away...
+    expect(page.locator("#annotated img")).not_to_have_attribute("src", before)
+    page.screenshot(path=str(ROOT / "docs" / "ui.png"), full_page=True)
+    bot.locator("summary").click()  # ...but one click shows them
+    expect(bot).to_contain_text("[[125,556,354,822]]")
+
+    # The dog's box is drawn in the first colour, on the image as it was uploaded.
+    src = page.get_attribute("#annotated img", "src")
+    drawn = Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB")
+    assert drawn.size == (480, 360)
+    assert drawn.getpixel((110, 200)) == (230, 25, 75)
+    assert drawn.getpixel((110, 250)) != (230, 25, 75)
+
+
+def test_click_a_region_and_ask_about_it(context, app_url, scripted):
+    scripted.scripts["What is"] = ("A dog [[125,556,354,822]].", 0.02)
+    page = open_app(context, app_url)
+    upload(page, SAMPLES / "park.png")
+    click_image(page, 96, 72)
+    expect(page.locator("#region")).to_contain_text("point")
+    click_image(page, 288, 216)
+    expect(page.locator("#region")).to_contain_text("box")
+    start = len(scripted.calls)
+    ask(page, "What is this?")
+    call = scripted.call("What is this", after=start)
+    match = re.fullmatch(r"What is this \[\[(\d{3}),(\d{3}),(\d{3}),(\d{3})\]\]\?", call.query)
+    assert match, call.query
+    assert all(abs(int(v) - e) <= 5 for v, e in zip(match.groups(), (200, 200, 600, 600), strict=True))
+    expect(page.locator(USER).last).to_contain_text("What is this [[")
+    expect(page.locator(BOT).last).to_contain_text("A dog.")
+    expect(page.locator("#region")).to_have_text("")  # the region went with the question
+
+    click_image(page, 240, 180)  # one click: a point
+    expect(page.locator("#region")).to_contain_text("point")
+    start = len(scripted.calls)
+    ask(page, "What is here")
+    call = scripted.call("What is here", after=start)
+    match = re.fullmatch(r"What is here \[\[(\d{3}),(\d{3})\]\]", call.query)
+    assert match and all(abs(int(v) - 500) <= 5 for v in match.groups()), call.query
+    (question, answer), = call.history
+    assert question.startswith("What is this [[") and answer == "A dog [[125,556,354,822]]."
+
+    scripted.scripts["Where is the"] = ("The dog [[125,556,354,822]].", 0.02)
+    scripted.scripts["How many dogs"] = ("There is 1 dog.", 0.02)
+    page.fill("#object-name textarea", "dog")
+    page.click("button:text-is('Find it')")
+    assert scripted.call("Where is the dog").query == "Where is the dog? Answer in [[x0,y0,x1,y1]] format."
+    page.fill("#object-name textarea", "dogs")
+    page.click("button:text-is('Count')")
+    assert scripted.call("How many dogs").query == "How many dogs are there?"
+
+
+def truncated_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (200, 100), (10, 200, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()[:120]
+
+
+@pytest.mark.parametrize("name, data, words", [
+    ("broken.png", b"this is not an image at all", "not an image"),
+    ("truncated.png", truncated_png(), "corrupt"),
+])
+def test_bad_upload_shows_a_message_and_the_app_keeps_working(context, app_url, scripted, name, data, words):
+    scripted.scripts["Still there"] = ("Yes, still here.", 0.02)
+    page = open_app(context, app_url)
+    page.set_input_files("#image-input input[type=file]",
+                         files=[{"name": name, "mimeType": "image/png", "buffer": data}])
+    chat = page.locator("#chat")
+    expect(chat).to_contain_text("Could not use this image")
+    expect(chat).to_contain_text(name)
+    expect(chat).to_contain_text(words)
+    expect(page.locator("[data-testid='toast-body']").first).to_contain_text("Could not use this image")
+    assert "/tmp" not in chat.inner_text() and "Traceback" not in page.content()
+
+    page.click("#image-input button[aria-label='Remove Image']")
+    upload(page, SAMPLES / "breakfast.png")
+    ask(page, "Still there?")
+    assert scripted.call("Still there").image_size == (420, 320)
+    expect(page.locator(BOT).last).to_have_text("Yes, still here.")
+
+
+def test_two_users_at_once_keep_their_own_image_and_conversation(browser, app_url, scripted):
+    scripted.scripts["alpha"] = ("Alpha sees the park.", 0.1)
+    scripted.scripts["beta"] = ("Beta sees the street.", 0.1)
+    contexts = [browser.new_context(viewport={"width": 1280, "height": 900}) for _ in range(2)]
+    try:
+        a, b = (open_app(c, app_url) for c in contexts)
+        upload(a, SAMPLES / "park.png")
+        upload(b, SAMPLES / "street.png")
+        start = len(scripted.calls)
+        ask(a, "alpha: what do you see?")
+        ask(b, "beta: what do you see?")
+        call_a = scripted.call("alpha", after=start)
+        call_b = scripted.call("beta", after=start)
+        assert (call_a.image_size, call_a.history) == ((480, 360), [])
+        assert (call_b.image_size, call_b.history) == ((440, 300), [])
+        expect(a.locator(BOT).last).to_have_text("Alpha sees the park.")
+        expect(b.locator(BOT).last).to_have_text("Beta sees the street.")
+        assert "Beta" not in a.locator("#chat").inner_text()
+        assert "Alpha" not in b.locator("#chat").inner_text()
+
+        start = len(scripted.calls)
+        ask(a, "alpha again?")
+        call = scripted.call("alpha again", after=start)
+        assert call.history == [("alpha: what do you see?", "Alpha sees the park.")]
+        assert call.image_size == (480, 360)
+    finally:
+        for c in contexts:
+            c.close()
+
+
+def test_stop_regenerate_and_clear(context, app_url, scripted):
+    scripted.scripts["long story"] = (" ".join(f"word{i}" for i in range(80)), 0.15)  # 12 s
+    scripted.scripts["quick"] = ("Quick answer.", 0.02)
+    page = open_app(context, app_url)
+    start = len(scripted.calls)
+    ask(page, "Tell me a long story.")
+    expect(page.locator(BOT).last).to_contain_text("word3")
+    page.click("button:text-is('Stop')")
+    story = scripted.call("long story", after=start, timeout=5)  # the generation was closed
+    assert "word79" not in story.text
+    shown = page.locator(BOT).last.inner_text()
+    page.wait_for_timeout(500)
+    assert page.locator(BOT).last.inner_text() == shown  # nothing more arrives
+
+    start = len(scripted.calls)
+    ask(page, "quick?")
+    first = scripted.call("quick", after=start)
+    assert first.history == [("Tell me a long story.", story.text)]  # the stopped answer as far as it got
+    expect(page.locator(BOT).last).to_have_text("Quick answer.")
+
+    start = len(scripted.calls)
+    page.click("button:text-is('Regenerate')")
+    again = scripted.call("quick", after=start)
+    assert again.history == first.history
+    expect(page.locator(BOT).last).to_have_text("Quick answer.")
+    expect(page.locator(USER)).to_have_count(2)
+
+    page.click("button:text-is('Clear')")
+    expect(page.locator(USER)).to_have_count(0)
+    start = len(scripted.calls)
+    ask(page, "quick again?")
+    assert scripted.call("quick again", after=start).history == []
+
+
+def test_app_help():
+    out = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    for flag in ("--host", "--port", "--share", "--checkpoint", "--device"):
+        assert flag in out.stdout
+    assert "127.0.0.1" in out.stdout
+
+
+def test_app_serves_a_checkpoint(scripted, tmp_path):
+    checkpoint = tmp_path / "tiny-checkpoint"
+    scripted.model.save_pretrained(checkpoint)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--checkpoint", str(checkpoint), "--device", "cpu", "--port", str(port)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.communicate()[0]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5) as response:
+                    config = response.read().decode()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, "app.py did not start serving"
+                time.sleep(0.5)
+        assert str(checkpoint) in config  # the About line names the checkpoint
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
