@@ -156,7 +156,8 @@ def _number(body: dict, name: str, default, low: float, high: float, *, integer:
     kind = "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         raise _bad(f"{name} must be {kind}, got {value!r}", name, "invalid_type")
-    if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
+    if (isinstance(value, float) and not math.isfinite(value)) or value < low or value > high \
+            or (low_open and value == low):
         bracket = "(" if low_open else "["
         raise _bad(f"{name} must be in {bracket}{low}, {high}], got {value!r}", name)
     return value
@@ -186,7 +187,7 @@ def parse_request(body: Any, max_context: int) -> ChatRequest:
         if body.get(name):
             raise _bad(f"{name} is not supported; use repetition_penalty (1.0 = off) instead", name,
                        "unsupported")
-    if body.get("n", 1) != 1:
+    if body.get("n") not in (None, 1):
         raise _bad("n must be 1: this server returns one choice", "n")
 
     systems: list[str] = []
@@ -227,7 +228,9 @@ def parse_request(body: Any, max_context: int) -> ChatRequest:
         stop = [stop]
     if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
         raise _bad("stop must be a non-empty string or a list of up to 4 of them", "stop")
-    stream = body.get("stream", False)
+    stream = body.get("stream")
+    if stream is None:
+        stream = False
     if not isinstance(stream, bool):
         raise _bad(f"stream must be true or false, got {stream!r}", "stream", "invalid_type")
     options = body.get("stream_options") or {}
@@ -245,7 +248,7 @@ def parse_request(body: Any, max_context: int) -> ChatRequest:
         "top_k": _number(body, "top_k", 0, 0, 1_000_000, integer=True),
         "repetition_penalty": float(_number(body, "repetition_penalty", 1.0, 0.0, 10.0, low_open=True)),
         "max_new_tokens": max_tokens,
-        "seed": _number(body, "seed", None, -(2**63), 2**63 - 1, integer=True),
+        "seed": _number(body, "seed", None, 0, 2**63 - 1, integer=True),
     }
     history = [(turns[k][1], turns[k + 1][1]) for k in range(0, len(turns) - 1, 2)]
     return ChatRequest(query=turns[-1][1], history=history, system="\n\n".join(systems) or None,

@@ -142,7 +142,7 @@ def about_text(model, checkpoint: str) -> str:
     return (f"**Model** base LM {lm} · image encoder {config.vision.model_name} · checkpoint "
             f"{checkpoint} · parameters: LM {millions(counts['language_model'])}, encoder "
             f"{millions(counts['encoder'])}, trainable {millions(counts['trainable'])}. "
-            "The default checkpoint was trained on synthetic scenes of emoji objects, so it knows "
+            "The default checkpoint is trained on synthetic scenes of emoji objects, so it knows "
             "those best. Sample images: OpenMoji (CC BY-SA 4.0).")
 
 
@@ -228,27 +228,31 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
         session.pending = None
         messages = chat_messages(session.history, question)
         text = ""
-        shown_groups = 0
+        drawn = -1  # how many groundings the image beside the chat shows; -1: not drawn yet
+
+        def view_for(text: str):
+            nonlocal drawn
+            groups = len(parse_groundings(text))
+            if session.view is None or groups == drawn:
+                return gr.skip()
+            drawn = groups
+            return draw_groundings(session.view, text)
+
         completed = False
         stream = model.stream_chat(session.image, question, list(session.history),
                                    temperature=float(temperature), top_p=float(top_p),
                                    max_new_tokens=int(max_new_tokens))
         try:
             for text in stream:
-                groups = len(parse_groundings(text))
-                view = gr.skip()
-                if groups != shown_groups and session.view is not None:
-                    shown_groups = groups
-                    view = draw_groundings(session.view, text)
                 reply = {"role": "assistant", "content": render_answer(text, streaming=True)}
-                yield session, [*messages, reply], view
+                yield session, [*messages, reply], view_for(text)
             completed = True
         except (ValueError, RuntimeError, ImageError) as e:
-            yield from _fail(session, messages, question, text, f"The model could not answer: {e}")
+            yield from _fail(session, messages, text, f"The model could not answer: {e}")
             return
         except Exception as e:  # the UI must keep serving; the full error goes to the log
             log.exception("generation failed")
-            yield from _fail(session, messages, question, text,
+            yield from _fail(session, messages, text,
                              f"The model failed ({type(e).__name__}: {e}). Try again, or Clear "
                              "and start over; the server log has the details.")
             return
@@ -256,10 +260,9 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
             stream.close()
             if completed or text:  # a stopped answer stays in the conversation as far as it got
                 session.history.append((question, text))
-        view = draw_groundings(session.view, text) if session.view is not None else None
-        yield session, chat_messages(session.history), view
+        yield session, chat_messages(session.history), view_for(text)
 
-    def _fail(session: Session, messages, question, text, message):
+    def _fail(session: Session, messages: list[dict], text: str, message: str):
         gr.Warning(message)
         shown = [*messages, {"role": "assistant", "content": render_answer(text)}] if text else messages
         yield session, [*shown, notice(message)], gr.skip()

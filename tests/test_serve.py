@@ -42,9 +42,31 @@ def user(text: str, *images: str) -> dict:
     return {"role": "user", "content": [*(image_part(u) for u in images), {"type": "text", "text": text}]}
 
 
+class Recording:
+    """The tiny model, remembering what each `stream_chat` call was given."""
+
+    def __init__(self, model):
+        self.model = model
+        self.calls: list[dict] = []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def stream_chat(self, image, query, history=(), **options):
+        self.calls.append(dict(image=image, query=query, history=list(history), **options))
+        if "explode" in query:
+            return self._explode()
+        return self.model.stream_chat(image, query, history, **options)
+
+    @staticmethod
+    def _explode():
+        yield "It went"
+        raise RuntimeError("the accelerator ran out of memory")
+
+
 @pytest.fixture(scope="module")
 def model(tiny_lm_dir, tiny_encoder_file):
-    return build_model(tiny_config(tiny_lm_dir, tiny_encoder_file), device="cpu")
+    return Recording(build_model(tiny_config(tiny_lm_dir, tiny_encoder_file), device="cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +115,17 @@ def test_chat_with_image_maps_system_history_and_image(client, model):
         {"role": "assistant", "content": "The dog [[100,200,300,400]]."},
         {"role": "user", "content": "And the cat?"},
     ]
-    reply = client.chat.completions.create(model="cogvlm-lite", messages=messages, **SAMPLING)
+    reply = client.chat.completions.create(model="cogvlm-lite", messages=messages, top_p=0.9, **SAMPLING)
+    call = model.calls[-1]
+    assert call["query"] == "And the cat?"
+    assert call["history"] == [("Where is the dog?", "The dog [[100,200,300,400]].")]
+    assert call["system"] == "Answer briefly."
+    assert call["image"].size == (64, 48) and call["image"].getpixel((5, 5)) == (200, 40, 40)
+    assert (call["temperature"], call["top_p"], call["seed"], call["max_new_tokens"]) == (1.0, 0.9, 0, 8)
+
     choice = reply.choices[0]
     expected = model.chat(image, "And the cat?", [("Where is the dog?", "The dog [[100,200,300,400]].")],
-                          system="Answer briefly.", temperature=1.0, seed=0, max_new_tokens=8)
+                          system="Answer briefly.", temperature=1.0, top_p=0.9, seed=0, max_new_tokens=8)
     assert choice.message.role == "assistant"
     assert choice.message.content == expected and expected.strip()
     assert choice.finish_reason in ("stop", "length")
@@ -277,10 +306,53 @@ def test_without_a_key_anyone_on_loopback_may_call(model):
         assert c.get("/v1/models").json()["data"][0]["id"] == "tiny"
 
 
-def test_still_serves_after_bad_requests(client):
+def test_model_failure_is_reported(client):
+    messages = [{"role": "user", "content": "explode"}]
+    with pytest.raises(openai.InternalServerError) as e:
+        client.chat.completions.create(model="cogvlm-lite", messages=messages)
+    assert e.value.status_code == 500 and "ran out of memory" in e.value.message
+    with pytest.raises(openai.APIError) as e:
+        list(client.chat.completions.create(model="cogvlm-lite", messages=messages, stream=True))
+    assert "ran out of memory" in e.value.message
+
+
+def test_still_serves_after_bad_requests(client, http):
     reply = client.chat.completions.create(
         model="cogvlm-lite", messages=[user("What colour is it?", data_url(png_bytes()))], **SAMPLING)
     assert reply.choices[0].message.content and reply.usage.completion_tokens >= 1
+    # Clients that send every field, unset ones as null.
+    body = {"model": "cogvlm-lite", "messages": [user("Hi")], "n": None, "stream": None, "stop": None,
+            "temperature": None, "top_p": None, "max_tokens": 4, "seed": None}
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] <= 4
+
+
+def test_serve_command_serves_a_checkpoint(model, tmp_path):
+    checkpoint = tmp_path / "tiny-checkpoint"
+    model.save_pretrained(checkpoint)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cogvlm_lite", "serve", "--checkpoint", str(checkpoint), "--device", "cpu",
+         "--port", str(port), "--api-key", "k"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.communicate()[0]
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/v1/models",
+                                     headers={"Authorization": "Bearer k"})
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "cogvlm-lite serve did not start"
+                time.sleep(0.5)
+        assert response.status_code == 200 and response.json()["data"][0]["id"] == "cogvlm-lite"
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 401
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def test_serve_help():

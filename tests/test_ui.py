@@ -25,7 +25,7 @@ from playwright.sync_api import expect, sync_playwright
 from tiny import tiny_config
 
 from cogvlm_lite import build_model
-from cogvlm_lite.ui import DESCRIBE_PROMPT, build_ui, launch_ui
+from cogvlm_lite.ui import DESCRIBE_PROMPT, build_ui, launch_ui, region_text, render_answer, with_region
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "docs" / "samples"
@@ -74,6 +74,8 @@ class ScriptedModel:
             call.done.set()
 
     def _texts(self, image, query, history, options):
+        if "explode" in query:
+            raise RuntimeError("the accelerator ran out of memory")
         for key, (answer, delay) in self.scripts.items():
             if key in query:
                 words = answer.split(" ")
@@ -157,6 +159,20 @@ def click_image(page, x: int, y: int) -> None:
     page.mouse.click(left + (width - nw * scale) / 2 + x * scale, top + (height - nh * scale) / 2 + y * scale)
 
 
+def test_regions_and_answers_as_text():
+    assert region_text([], (200, 100)) is None
+    assert region_text([(50, 25)], (200, 100)) == "[[250,250]]"
+    assert region_text([(150, 80), (50, 20)], (200, 100)) == "[[250,200,750,800]]"  # any two corners
+    assert with_region("What is this?", "[[250,250]]") == "What is this [[250,250]]?"
+    assert with_region("Describe", "[[250,250]]") == "Describe [[250,250]]"
+    assert with_region("What is in [[100,100,200,200]]?", "[[250,250]]") == "What is in [[100,100,200,200]]?"
+    shown = render_answer("A dog [[125,556,354,822]] and a cat [[1,2,3,4]].")
+    assert shown.startswith("A dog and a cat.\n") and "<details" in shown and "[[125,556,354,822]]" in shown
+    assert render_answer("A dog [[125,55", streaming=True) == "A dog "  # half a box is not shown
+    assert render_answer("No boxes here.") == "No boxes here."
+    assert "empty" in render_answer("  \n")
+
+
 def test_real_model_answer_streams_into_the_chat(context, app_url, scripted):
     page = open_app(context, app_url)
     upload(page, SAMPLES / "street.png")
@@ -180,7 +196,8 @@ def test_real_model_answer_streams_into_the_chat(context, app_url, scripted):
 def test_grounded_answer_streams_and_boxes_are_drawn(context, app_url, scripted):
     scripted.scripts[DESCRIBE_PROMPT] = (PARK_ANSWER, 0.1)
     page = open_app(context, app_url)
-    upload(page, SAMPLES / "park.png")
+    page.click("#samples button.gallery-item:has(img[src$='park.png'])")  # a bundled sample
+    page.wait_for_selector("#annotated img")
     before = page.get_attribute("#annotated img", "src")
     start = len(scripted.calls)
     page.click("text=Describe with boxes")
@@ -199,7 +216,13 @@ def test_grounded_answer_streams_and_boxes_are_drawn(context, app_url, scripted)
     expect(bot).to_contain_text("A dog, a butterfly, a soccer ball, a tree and a sun.")
     assert "[[" not in bot.inner_text()  # coordinates folded away...
     expect(page.locator("#annotated img")).not_to_have_attribute("src", before)
-    page.screenshot(path=str(ROOT / "docs" / "ui.png"), full_page=True)
+    page.wait_for_function("() => { const img = document.querySelector('#annotated img');"
+                           " return img.complete && img.naturalWidth > 0; }")
+    page.mouse.move(0, 0)
+    page.evaluate("document.activeElement.blur()")
+    about = page.locator("#about").bounding_box()  # it names the tiny test model: leave it out
+    page.screenshot(path=str(ROOT / "docs" / "ui.png"), clip={"x": 0, "y": 0, "width": 1280,
+                                                            "height": about["y"] - 8})
     bot.locator("summary").click()  # ...but one click shows them
     expect(bot).to_contain_text("[[125,556,354,822]]")
 
@@ -215,19 +238,25 @@ def test_click_a_region_and_ask_about_it(context, app_url, scripted):
     scripted.scripts["What is"] = ("A dog [[125,556,354,822]].", 0.02)
     page = open_app(context, app_url)
     upload(page, SAMPLES / "park.png")
-    click_image(page, 96, 72)
+    click_image(page, 60, 200)  # around the dog
     expect(page.locator("#region")).to_contain_text("point")
-    click_image(page, 288, 216)
+    click_image(page, 170, 296)
     expect(page.locator("#region")).to_contain_text("box")
     start = len(scripted.calls)
     ask(page, "What is this?")
     call = scripted.call("What is this", after=start)
     match = re.fullmatch(r"What is this \[\[(\d{3}),(\d{3}),(\d{3}),(\d{3})\]\]\?", call.query)
     assert match, call.query
-    assert all(abs(int(v) - e) <= 5 for v, e in zip(match.groups(), (200, 200, 600, 600), strict=True))
+    assert all(abs(int(v) - e) <= 5 for v, e in zip(match.groups(), (125, 556, 354, 822), strict=True))
     expect(page.locator(USER).last).to_contain_text("What is this [[")
     expect(page.locator(BOT).last).to_contain_text("A dog.")
     expect(page.locator("#region")).to_have_text("")  # the region went with the question
+    page.wait_for_function("() => { const img = document.querySelector('#annotated img');"
+                           " return img.complete && img.naturalWidth > 0; }")
+    page.mouse.move(0, 0)
+    about = page.locator("#about").bounding_box()
+    page.screenshot(path=str(ROOT / "docs" / "ui-region.png"), clip={"x": 0, "y": 0, "width": 1280,
+                                                                   "height": about["y"] - 8})
 
     click_image(page, 240, 180)  # one click: a point
     expect(page.locator("#region")).to_contain_text("point")
@@ -335,6 +364,12 @@ def test_stop_regenerate_and_clear(context, app_url, scripted):
     expect(page.locator(BOT).last).to_have_text("Quick answer.")
     expect(page.locator(USER)).to_have_count(2)
 
+    page.click("button:text-is('Clear')")
+    expect(page.locator(USER)).to_have_count(0)
+    ask(page, "explode, please")
+    expect(page.locator(BOT).last).to_have_text(
+        "⚠️ The model could not answer: the accelerator ran out of memory")
+    assert "Traceback" not in page.content()
     page.click("button:text-is('Clear')")
     expect(page.locator(USER)).to_have_count(0)
     start = len(scripted.calls)
