@@ -49,12 +49,16 @@ class Adapter(nn.Module):
         """Tokens one image takes in the sequence, BOI and EOI included."""
         return self.grid[0] * self.grid[1] + 2
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, rows*cols, width), row-major, before position embeddings."""
         if self.downsample is not None:
             features = self.downsample(features)
-        x = features.flatten(2).transpose(1, 2)  # (B, rows*cols, C), row-major
+        x = features.flatten(2).transpose(1, 2)
         x = F.gelu(self.norm(self.linear(x)))
-        x = self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.project(features)
         pos = (self.row_embed[:, None, :] + self.col_embed[None, :, :]).flatten(0, 1)
         x = x + pos.to(x.dtype)
         b = x.shape[0]

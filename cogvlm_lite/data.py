@@ -110,6 +110,27 @@ def parse_record(record, root: Path) -> Sample:
     return Sample(image, messages)
 
 
+def pack_by_image(samples: list[Sample], max_turns: int = 24) -> list[Sample]:
+    """Merge the conversations about one image into multi-turn ones of up to `max_turns` turns.
+
+    The image is encoded and prefilled once for many answers, which makes a training step
+    carry several times more supervision for about the same cost.
+    """
+    packed: dict[Path | None, list[list[dict]]] = {}
+    out: list[Sample] = []
+    for s in samples:
+        if s.image is None or s.messages[0]["role"] == "system":
+            out.append(s)
+            continue
+        groups = packed.setdefault(s.image, [[]])
+        if groups[-1] and len(groups[-1]) + len(s.messages) > max_turns:
+            groups.append([])
+        groups[-1].extend(s.messages)
+    for image, groups in packed.items():
+        out.extend(Sample(image, messages) for messages in groups)
+    return out
+
+
 @dataclass
 class Encoded:
     input_ids: list[int]

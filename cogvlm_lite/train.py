@@ -31,7 +31,14 @@ import torch.distributed as dist
 
 from .adapter import AdapterConfig
 from .conversation import IGNORE
-from .data import BatchSampler, ConversationData, collate, encode_images, read_conversations
+from .data import (
+    BatchSampler,
+    ConversationData,
+    collate,
+    encode_images,
+    pack_by_image,
+    read_conversations,
+)
 from .expert import ExpertConfig
 from .model import ModelConfig, VisionLanguageModel, atomic_write, build_model, load_model
 from .vision import VisionConfig
@@ -62,6 +69,8 @@ class TrainConfig:
     eval_limit: int = 200
     bf16: bool = True
     cache_features: bool = True
+    pack: bool = False  # merge the conversations about one image into multi-turn ones
+    prealign_epochs: int = 0  # adapter head start on object-name embeddings (scenes data)
     skip_bad: bool = False
     device: str = "auto"
     expert: str = "lowrank"
@@ -99,10 +108,20 @@ class Trainer:
         model = self.model
         self.device = model.device
         samples = read_conversations(cfg.data, skip_bad=cfg.skip_bad)
+        if cfg.pack:
+            samples = pack_by_image(samples)
         self.data = ConversationData(samples, model.builder, model.adapter.num_tokens)
         self.features = None
         if cfg.cache_features and self.data.images:
             self.features = encode_images(model, self.data.images, progress=self.main)
+        if cfg.prealign_epochs and not (cfg.resume and (self.out / STATE_NAME).is_file()):
+            if self.features is None:
+                raise ValueError("--prealign-epochs needs cached encoder features; drop "
+                                 "--no-cache-features")
+            from .prealign import prealign
+
+            prealign(model, cfg.data, self.data.images, self.features, cfg.prealign_epochs,
+                     lr=cfg.adapter_lr, seed=cfg.seed)
         self.autocast_dtype = torch.bfloat16 if cfg.bf16 else None
         if cfg.bf16:
             freeze_in(model, torch.bfloat16)

@@ -149,3 +149,28 @@ def test_llava_format(tmp_path, scenes):
     assert sample.messages == [{"role": "user", "content": "What is this?"},
                                {"role": "assistant", "content": "A dog."}]
     assert sample.image == tmp_path / "images" / "000000.png"
+
+
+def test_prealignment_pulls_cells_towards_object_names(scenes, tiny_model):
+    from cogvlm_lite.data import ConversationData, encode_images
+    from cogvlm_lite.prealign import BACKGROUND, cell_labels, prealign
+
+    assert cell_labels([{"name": "dog", "box": [0.0, 0.0, 0.5, 0.5]}], (2, 2)) == [
+        "dog", BACKGROUND, BACKGROUND, BACKGROUND]
+    data = ConversationData(read_conversations(scenes / "train.jsonl"), tiny_model.builder,
+                            tiny_model.adapter.num_tokens)
+    features = encode_images(tiny_model, data.images)
+    first = prealign(tiny_model, scenes / "train.jsonl", data.images, features, epochs=1)
+    later = prealign(tiny_model, scenes / "train.jsonl", data.images, features, epochs=30)
+    assert later < first
+
+
+def test_packing_merges_conversations_per_image(scenes):
+    from cogvlm_lite.data import pack_by_image
+
+    samples = read_conversations(scenes / "train.jsonl")
+    packed = pack_by_image(samples, max_turns=24)
+    assert len(packed) < len(samples)
+    assert sum(len(s.messages) for s in packed) == sum(len(s.messages) for s in samples)
+    assert all(s.messages[0]["role"] == "user" and s.messages[-1]["role"] == "assistant"
+               for s in packed)
