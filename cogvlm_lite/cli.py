@@ -26,8 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=run_scenes)
 
     p = sub.add_parser("train", help="fine-tune the visual expert (+ adapter); resumable; torchrun-ready")
+    p.add_argument("--config", help="a JSON file of these options (flags given here override it)")
     add_dataclass_arguments(p, "TrainConfig")
     p.set_defaults(run=run_train)
+    train_parser = p
 
     p = sub.add_parser("vqa", help="batch grounded VQA: answer every question of a JSONL file")
     p.add_argument("--data", required=True, help="questions JSONL (id, image, question, ...)")
@@ -39,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("eval", help="score predictions; prints JSON metrics per task type")
     p.add_argument("--data", required=True, help="questions JSONL with reference answers")
-    p.add_argument("--pred", required=True, help="predictions JSONL (id, prediction)")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--pred", help="predictions JSONL (id, prediction)")
+    group.add_argument("--baseline", action="store_true",
+                       help="score trivial answers instead (centre box, most common answer)")
     p.set_defaults(run=run_eval)
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP API")
@@ -57,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=run_bench)
 
     args = parser.parse_args(argv)
+    if args.command == "train" and args.config:
+        try:
+            train_parser.set_defaults(**load_options(args.config, train_parser))
+        except ValueError as e:
+            parser.error(str(e))
+        args = parser.parse_args(argv)
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:
@@ -96,8 +107,24 @@ def add_dataclass_arguments(p: argparse.ArgumentParser, name: str) -> None:
                 p.add_argument(flag, action="store_true")
             continue
         kind = {"int": int, "float": float}.get(str(f.type), str)
-        p.add_argument(flag, type=kind, required=required,
-                       default=None if required else f.default)
+        p.add_argument(flag, type=kind, default=None if required else f.default,
+                       help="required" if required else None)
+
+
+def load_options(path: str, p: argparse.ArgumentParser) -> dict:
+    """Options from a JSON file, checked against the parser's own."""
+    import json
+    from pathlib import Path
+
+    try:
+        options = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read --config {path}: {e}") from e
+    known = {a.dest for a in p._actions}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"--config {path}: unknown options {unknown}")
+    return options
 
 
 def generation_kwargs(args) -> dict:
@@ -176,6 +203,9 @@ def run_train(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
+    missing = [f"--{k}" for k in ("data", "out") if not getattr(args, k)]
+    if missing:
+        raise ValueError(f"{' and '.join(missing)} required (as flags or in --config)")
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     print(json.dumps(train(config)))
     return 0
@@ -195,9 +225,13 @@ def run_vqa(args) -> int:
 def run_eval(args) -> int:
     import json
 
-    from .evaluate import score_files
+    from .evaluate import baseline_predictions, read_questions, score, score_files
 
-    print(json.dumps(score_files(args.data, args.pred), indent=2))
+    if args.baseline:
+        questions = read_questions(args.data)
+        print(json.dumps(score(questions, baseline_predictions(questions)), indent=2))
+    else:
+        print(json.dumps(score_files(args.data, args.pred), indent=2))
     return 0
 
 

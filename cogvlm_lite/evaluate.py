@@ -444,3 +444,21 @@ def score(questions: Sequence[dict], predictions: Sequence[dict]) -> dict:
 def score_files(data: str | os.PathLike, pred: str | os.PathLike) -> dict:
     """`score` the predictions JSONL `pred` against the questions JSONL `data`."""
     return score(read_questions(data), read_predictions(pred))
+
+
+CENTRE_BOX = "[[250,250,750,750]]"
+
+
+def baseline_predictions(questions: Sequence[dict]) -> list[dict]:
+    """Trivial answers that need no image: the centre box for `rec`, the most common number for
+    `count`, else the most common reference answer of the question's type (always "No.", ...)."""
+    from collections import Counter
+
+    common: dict[str, str] = {}
+    for kind in {q.get("type", "other") for q in questions}:
+        answers = [str(q["answer"]) for q in questions if q.get("type", "other") == kind]
+        if kind == "count":  # the most common number, whatever the object
+            answers = [str(first_number(a)) for a in answers]
+        common[kind] = Counter(answers).most_common(1)[0][0]
+    return [{"id": q["id"], "prediction": CENTRE_BOX if q.get("type") == "rec"
+             else common[q.get("type", "other")]} for q in questions]

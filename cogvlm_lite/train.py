@@ -67,6 +67,7 @@ class TrainConfig:
     save_every: int = 100
     eval_every: int = 0  # 0: evaluate only at the end (when eval_data is given)
     eval_limit: int = 200
+    eval_max_new_tokens: int = 160
     bf16: bool = True
     cache_features: bool = True
     pack: bool = False  # merge the conversations about one image into multi-turn ones
@@ -302,7 +303,8 @@ class Trainer:
         self.model.eval()
         self.model.reset()
         with self._autocast():
-            run_vqa(self.cfg.eval_data, pred, model=self.model, limit=self.cfg.eval_limit)
+            run_vqa(self.cfg.eval_data, pred, model=self.model, limit=self.cfg.eval_limit,
+                    max_new_tokens=self.cfg.eval_max_new_tokens)
         self.model.reset()
         predictions = read_predictions(pred)
         answered = {p["id"] for p in predictions}

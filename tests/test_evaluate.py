@@ -258,3 +258,19 @@ def test_vqa_cli_writes_predictions(tiny_model, vqa_data, tmp_path):
               "--device", "cpu", "--max-new-tokens", "4")
     assert out.returncode == 0, out.stderr
     assert sorted(p["id"] for p in lines(pred)) == ["q0", "q1", "q2", "q3"]
+
+
+def test_trivial_baseline_answers():
+    from cogvlm_lite.evaluate import CENTRE_BOX, baseline_predictions
+
+    questions = [
+        {"id": "a", "image": "x.png", "question": "Where is the dog?", "answer": "[[000,000,100,100]]",
+         "type": "rec"},
+        {"id": "b", "image": "x.png", "question": "Is there a cat?", "answer": "No.", "type": "exist"},
+        {"id": "c", "image": "x.png", "question": "Is there a dog?", "answer": "No.", "type": "exist"},
+        {"id": "d", "image": "x.png", "question": "Is there a cow?", "answer": "Yes.", "type": "exist"},
+    ]
+    predictions = {p["id"]: p["prediction"] for p in baseline_predictions(questions)}
+    assert predictions == {"a": CENTRE_BOX, "b": "No.", "c": "No.", "d": "No."}
+    scores = score(questions, baseline_predictions(questions))
+    assert scores["exist"]["accuracy"] == pytest.approx(2 / 3) and scores["rec"]["accuracy"] == 0.0

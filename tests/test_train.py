@@ -174,3 +174,19 @@ def test_packing_merges_conversations_per_image(scenes):
     assert sum(len(s.messages) for s in packed) == sum(len(s.messages) for s in samples)
     assert all(s.messages[0]["role"] == "user" and s.messages[-1]["role"] == "assistant"
                for s in packed)
+
+
+def test_config_file_with_flag_overrides(scenes, tiny_checkpoint, tmp_path):
+    config = tmp_path / "recipe.json"
+    config.write_text(json.dumps({"data": str(scenes / "train.jsonl"), "out": str(tmp_path / "run"),
+                                  "init_from": tiny_checkpoint, "steps": 5, "batch_size": 2,
+                                  "pack": True}))
+    proc = cli_train("--config", str(config), "--steps", "2")
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert saved["steps"] == 2 and saved["pack"] is True and saved["batch_size"] == 2
+    config.write_text(json.dumps({"data": "x", "no_such_option": 1}))
+    proc = cli_train("--config", str(config))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "no_such_option" in err
