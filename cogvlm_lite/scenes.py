@@ -55,7 +55,7 @@ VISIBLE_ALPHA = 32  # a glyph pixel counts as visible from this alpha on (of 255
 COVER_ALPHA = 128  # a glyph hides what is behind it from this alpha on
 MAX_IOU = 0.3  # largest box IoU between two objects of one scene
 MIN_VISIBLE = 0.75  # fraction of an object's pixels that must stay uncovered
-DUPLICATE_RATE = 0.25  # fraction of scenes where one class appears 2-3 times
+DUPLICATE_RATE = 0.4  # fraction of scenes where one class appears 2-4 times
 MARGIN = 0.1  # relative gap needed before a left/right/above/below relation is asked
 
 _TEXTURES = ("brick", "grass", "gravel", "moon", "ihc")  # ship with scikit-image
@@ -266,7 +266,7 @@ class Scene:
 def _pick_classes(rng: np.random.Generator, count: int) -> list[ObjectClass]:
     vocab = _vocabulary()
     if count >= 2 and rng.random() < DUPLICATE_RATE:
-        repeats = int(min(count, rng.integers(2, 4)))
+        repeats = int(min(count, rng.integers(2, 5)))
         distinct = rng.choice(len(vocab), size=count - repeats + 1, replace=False)
         picks = [vocab[i] for i in distinct[1:]] + [vocab[distinct[0]]] * repeats
         return [picks[i] for i in rng.permutation(len(picks))]
@@ -596,9 +596,12 @@ def _count_answer(count: int, name: str, plural: str) -> str:
 
 
 def _ask_count(view: _View, rng: np.random.Generator) -> QA:
-    if len(view.objects) > 1 and rng.random() < 0.15:
+    # Most classes appear once, so ask about all objects or a repeated class often enough
+    # that the answer is not simply "1".
+    if len(view.objects) > 1 and rng.random() < 0.4:
         return _pick(rng, _COUNT_ALL), _count_answer(len(view.objects), "object", "objects")
-    name = _pick(rng, list(view.groups))
+    repeated = [name for name, group in view.groups.items() if len(group) > 1]
+    name = _pick(rng, repeated if repeated and rng.random() < 0.8 else list(view.groups))
     plural = view.plural(name)
     question = _pick(rng, _COUNT).format(p=plural)
     return question, _count_answer(len(view.groups[name]), name, plural)
