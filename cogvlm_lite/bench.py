@@ -63,20 +63,12 @@ def run_bench(tokens: int = 128, repeats: int = 3, quick: bool = False) -> dict:
 
     config = GenerationConfig(max_new_tokens=tokens)
     image = test_image(model.config.vision.image_size)
-
-    def decode(with_image: bool) -> Callable[[], None]:
-        def run():
-            model.reset()
-            prefill_then_decode(model, image if with_image else None, config, decode_tokens)
-        return run
-
-    text_s = median_time(decode(False), repeats)
-    image_s = median_time(decode(True), repeats)
-    # Decode time only: subtract the prefill measured on its own.
-    pre_text = median_time(lambda: prefill(model, None), repeats)
+    for with_image, key in ((False, "decode_tok_s"), (True, "decode_with_image_tok_s")):
+        runs = [decode_seconds(model, image if with_image else None, config, decode_tokens)
+                for _ in range(repeats + 1)]
+        seconds = statistics.median(runs[1:])  # the first run is a warm-up
+        figures[key] = round(tokens / seconds, 1)
     pre_image = median_time(lambda: prefill(model, image), repeats)
-    figures["decode_tok_s"] = round(tokens / max(text_s - pre_text, 1e-9), 1)
-    figures["decode_with_image_tok_s"] = round(tokens / max(image_s - pre_image, 1e-9), 1)
 
     figures["transformers_decode_tok_s"] = round(transformers_decode(tokens, repeats), 1)
     figures["llama_cpp_decode_tok_s"] = llama_cpp_decode(tokens, repeats)
@@ -111,8 +103,8 @@ def prefill(model, image) -> str:
     return model.chat(image, QUESTION, max_new_tokens=1)
 
 
-def prefill_then_decode(model, image, config, decode_tokens) -> None:
-    """A full generation of exactly `config.max_new_tokens` tokens (end-of-text ignored)."""
+def decode_seconds(model, image, config, decode_tokens) -> float:
+    """Seconds to decode exactly `config.max_new_tokens` tokens after a prefill (end ignored)."""
     from .conversation import as_messages
 
     with torch.no_grad():
@@ -122,9 +114,11 @@ def prefill_then_decode(model, image, config, decode_tokens) -> None:
         cache = model.lm.new_cache(1, len(ids) + n_image + config.max_new_tokens)
         inputs = model.prepare(torch.tensor([ids]), embeds)
         last = model.lm.logits(model.hidden_states(inputs, cache=cache)[0, -1])
-    nxt = int(inputs.position_ids[0, -1]) + 1
-    for _ in decode_tokens(model.lm, cache, last, nxt, config, stop_ids=set()):
+    position = int(inputs.position_ids[0, -1]) + 1
+    start = time.perf_counter()
+    for _ in decode_tokens(model.lm, cache, last, position, config, stop_ids=set()):
         pass
+    return time.perf_counter() - start
 
 
 def prompt_tokens(model, image) -> int:
