@@ -93,7 +93,7 @@ def prealign(model, data: str | Path, images: list[Path], features: torch.Tensor
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             count += len(idx)
         loss_value = total / max(count, 1)
         log.info("pre-alignment epoch %d/%d: relative distance %.4f", epoch + 1, epochs,
