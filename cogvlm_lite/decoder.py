@@ -1,6 +1,6 @@
 """A compact Llama-family decoder (Llama, SmolLM2, Qwen2) with a preallocated KV cache.
 
-RMSNorm -> rotary attention with grouped-query heads (softmax in fp32) -> SwiGLU MLP, repeated,
+RMSNorm -> rotary attention with grouped-query heads (fp32 softmax) -> SwiGLU MLP, repeated,
 then a final norm and a tied or untied head. Weights load from a transformers checkpoint directory
 through an explicit key map.
 
@@ -194,17 +194,13 @@ class DecoderLayer(nn.Module):
 
 
 def attend(q, k, v, mask) -> torch.Tensor:
-    """Grouped-query attention; `mask` is None (causal, no cache) or a boolean keep-mask."""
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    if q.dtype in (torch.float16, torch.bfloat16) and q.device.type == "cpu":
-        # Half-precision softmax on CPU loses too much; attend in fp32 there.
-        out = F.scaled_dot_product_attention(
-            q.float(), k.float(), v.float(), attn_mask=mask, is_causal=mask is None
-        )
-        return out.to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+    """Grouped-query attention. `mask`: None (causal over the keys), "all" (a single new token
+    sees every cached key) or a boolean keep-mask. PyTorch's CPU and CUDA kernels accumulate the
+    softmax in fp32 for half-precision inputs."""
+    if isinstance(mask, str):
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                          enable_gqa=True)
 
 
 class Decoder(nn.Module):
@@ -243,8 +239,10 @@ class Decoder(nn.Module):
             position_ids = torch.arange(past, past + t, device=x.device).expand(b, t)
         cos, sin = self.rotary(position_ids, x.dtype)
         mask = None
-        if past or attention_mask is not None:
+        if attention_mask is not None or past and t > 1:
             mask = causal_mask(t, past, attention_mask, x.device)
+        elif past:
+            mask = "all"
         for layer in self.layers:
             x = layer(x, cos, sin, cache, mask, route)
         if cache is not None:
