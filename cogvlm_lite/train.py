@@ -143,6 +143,11 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.resume and (self.out / STATE_NAME).is_file():
             self._load_state()
+        elif cfg.resume:
+            log.warning("no %s in %s yet: nothing to resume, starting at step 0", STATE_NAME,
+                        self.out)
+            if self.main:
+                keep_metrics_until(self.out / "metrics.jsonl", 0)
         counts = model.parameter_counts()
         log.info("parameters: trainable %s, frozen language model %s, frozen encoder %s",
                  f"{counts['trainable']:,}", f"{counts['language_model']:,}",
