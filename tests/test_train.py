@@ -190,3 +190,15 @@ def test_config_file_with_flag_overrides(scenes, tiny_checkpoint, tmp_path):
     proc = cli_train("--config", str(config))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "no_such_option" in err
+
+
+def test_gradient_accumulation_matches_one_big_batch(scenes, tiny_checkpoint, tmp_path):
+    runs = {}
+    for accum in (1, 2):
+        config = TrainConfig(data=str(scenes / "train.jsonl"), out=str(tmp_path / f"a{accum}"),
+                             init_from=tiny_checkpoint, steps=3, batch_size=4, grad_accum=accum,
+                             warmup=1, bf16=False, save_every=0)
+        train(config)
+        runs[accum] = losses(tmp_path / f"a{accum}")
+    for step, loss in runs[1].items():
+        assert runs[2][step] == pytest.approx(loss, rel=1e-4)
