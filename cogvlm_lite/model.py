@@ -344,10 +344,12 @@ class VisionLanguageModel(nn.Module):
                                 else next(self.encoder.backbone.parameters())),
         }
 
-    def save_pretrained(self, path: str | Path) -> None:
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Write config.json and the trainable tensors (in `dtype`, e.g. bf16 to halve them)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.trainable_state_dict().items()}
+        state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous()
+                 for k, v in self.trainable_state_dict().items()}
         atomic_write(path / WEIGHTS_NAME, lambda f: save_file(state, f))
         meta = {"config": self.config.to_dict(), "base": self.fingerprint(),
                 "trainable_parameters": sum(v.numel() for v in state.values())}

@@ -69,6 +69,7 @@ class TrainConfig:
     eval_limit: int = 200
     eval_max_new_tokens: int = 160
     bf16: bool = True
+    save_dtype: str = "float32"  # of the exported checkpoint; "bfloat16" halves its size
     cache_features: bool = True
     pack: bool = False  # merge the conversations about one image into multi-turn ones
     prealign_epochs: int = 0  # adapter head start on object-name embeddings (scenes data)
@@ -80,6 +81,10 @@ class TrainConfig:
     downsample: bool = False
     resume: bool = False
     force: bool = False
+
+    def __post_init__(self):
+        if self.save_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"save_dtype must be float32, bfloat16 or float16, not {self.save_dtype!r}")
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(vision=VisionConfig(image_size=self.image_size),
@@ -197,7 +202,7 @@ class Trainer:
             return
         state = self._state()
         atomic_write(self.out / STATE_NAME, lambda f: torch.save(state, f))
-        self.model.save_pretrained(self.out)
+        self.model.save_pretrained(self.out, getattr(torch, self.cfg.save_dtype))
 
     def _load_state(self) -> None:
         path = self.out / STATE_NAME

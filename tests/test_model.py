@@ -169,3 +169,10 @@ def test_default_model_text_is_exactly_the_base_lm(default_model):
     ids = default_model.tokenizer("Hello, my name is", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.equal(default_model(input_ids=ids).logits, plain.logits(plain(ids)))
+
+
+def test_bf16_checkpoint_loads_into_fp32(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "half", dtype=torch.bfloat16)
+    again = load_model(tmp_path / "half", device="cpu")
+    assert again.adapter.boi.dtype == torch.float32
+    assert torch.equal(again.adapter.boi, tiny_model.adapter.boi.to(torch.bfloat16).float())
