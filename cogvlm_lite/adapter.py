@@ -1,7 +1,8 @@
 """The adapter: image feature grid -> image tokens in the language model's embedding space.
 
 CogVLM's projector (Linear -> LayerNorm -> GELU -> SwiGLU) with an optional 2x2 stride-2
-downsample first (CogVLM2 / GLM-4V). All image patches share one rotary position in the language
+downsample first (CogVLM2 / GLM-4V), then an RMSNorm whose gain starts at the LM's embedding
+scale. All image patches share one rotary position in the language
 model, so the spatial layout is carried by learned 2-D position embeddings (row + column) added to
 each token; a CNN's features carry little absolute position of their own. Learned begin- and
 end-of-image vectors (BOI/EOI) frame the patches.
@@ -38,6 +39,10 @@ class Adapter(nn.Module):
         self.gate = nn.Linear(width, hidden, bias=False)
         self.up = nn.Linear(width, hidden, bias=False)
         self.down = nn.Linear(hidden, width, bias=False)
+        # Image tokens on the scale of the LM's word embeddings: otherwise the projection's
+        # output grows far past them and drowns the position embeddings added next.
+        self.out_norm = nn.RMSNorm(width, eps=1e-6)
+        nn.init.constant_(self.out_norm.weight, embed_std)
         self.row_embed = nn.Parameter(torch.randn(rows, width) * embed_std)
         self.col_embed = nn.Parameter(torch.randn(cols, width) * embed_std)
         # Small random, not zero: a zero BOI right after a text token gave NaN rms_norm grads.
@@ -55,7 +60,7 @@ class Adapter(nn.Module):
             features = self.downsample(features)
         x = features.flatten(2).transpose(1, 2)
         x = F.gelu(self.norm(self.linear(x)))
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.out_norm(self.down(F.silu(self.gate(x)) * self.up(x)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.project(features)

@@ -76,7 +76,7 @@ def prealign(model, data: str | Path, images: list[Path], features: torch.Tensor
     labels = torch.tensor([[index[n] for n in cell_labels(objects.get(p, []), grid)]
                            for p in images])
     params = [p for n, p in adapter.named_parameters()
-              if n.split(".")[0] in ("downsample", "linear", "norm", "gate", "up", "down")]
+              if n.split(".")[0] in ("downsample", "linear", "norm", "gate", "up", "down", "out_norm")]
     optimizer = torch.optim.AdamW(params, lr=lr)
     generator = torch.Generator().manual_seed(seed)
     loss_value = float("nan")
