@@ -202,3 +202,43 @@ def test_gradient_accumulation_matches_one_big_batch(scenes, tiny_checkpoint, tm
         runs[accum] = losses(tmp_path / f"a{accum}")
     for step, loss in runs[1].items():
         assert runs[2][step] == pytest.approx(loss, rel=1e-4)
+
+
+@pytest.mark.weights
+def test_answers_learn_to_depend_on_the_image(tmp_path):
+    """Four one-object scenes, one question: after a short run each answer is far more likely
+    under its own image than under the others (only the image tells them apart)."""
+    import numpy as np
+    import torch
+
+    from cogvlm_lite import load_model
+    from cogvlm_lite.conversation import as_messages
+    from cogvlm_lite.scenes import make_scene
+
+    (tmp_path / "img").mkdir()
+    lines, names = [], []
+    for i in range(4):
+        scene = make_scene(np.random.default_rng([7, i]), 128, objects=(1, 1))
+        scene.image.save(tmp_path / "img" / f"{i}.png")
+        names.append(f"A {scene.objects[0].name}.")
+        lines.append(json.dumps({"image": f"img/{i}.png", "messages": [
+            {"role": "user", "content": "What is in the image?"},
+            {"role": "assistant", "content": names[-1]}]}))
+    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
+    train(TrainConfig(data=str(tmp_path / "data.jsonl"), out=str(tmp_path / "run"), steps=25,
+                      batch_size=4, lr=2e-3, adapter_lr=4e-3, warmup=3, save_every=0,
+                      device="cpu", image_size=128))
+    model = load_model(tmp_path / "run", device="cpu")
+
+    def loss(answer, image):
+        enc = model.builder.encode(as_messages([("What is in the image?", answer)]),
+                                   image_tokens=model.adapter.num_tokens, generation_prompt=False)
+        with torch.no_grad():
+            return float(model(input_ids=torch.tensor([enc.input_ids]),
+                               labels=torch.tensor([enc.labels]),
+                               images=[tmp_path / "img" / f"{image}.png"]).loss)
+
+    for i, answer in enumerate(names):
+        own = loss(answer, i)
+        others = [loss(answer, j) for j in range(4) if j != i]
+        assert own + 0.3 < min(others), (answer, own, others)
