@@ -7,6 +7,25 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser, train_parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train" and args.config:
+        try:
+            train_parser.set_defaults(**load_options(args.config, train_parser))
+        except ValueError as e:
+            parser.error(str(e))
+        args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"cogvlm-lite {args.command}: {e}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The command's parser, and the train subcommand's (whose defaults --config sets)."""
     parser = argparse.ArgumentParser(prog="cogvlm-lite", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -61,20 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, help="timed repeats, median reported (default 3)")
     p.set_defaults(run=run_bench)
 
-    args = parser.parse_args(argv)
-    if args.command == "train" and args.config:
-        try:
-            train_parser.set_defaults(**load_options(args.config, train_parser))
-        except ValueError as e:
-            parser.error(str(e))
-        args = parser.parse_args(argv)
-    try:
-        return args.run(args) or 0
-    except KeyboardInterrupt:
-        return 130
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f"cogvlm-lite {args.command}: {e}", file=sys.stderr)
-        return 1
+    return parser, train_parser
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:

@@ -53,3 +53,27 @@ def test_make_demo_serves_the_ui():
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def readme_commands() -> list[str]:
+    """Every `cogvlm-lite` / `torchrun ... -m cogvlm_lite` line of the README's bash blocks."""
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("#")[0].strip()
+            if "cogvlm-lite " in line or "-m cogvlm_lite " in line:
+                commands.append(line)
+    return commands
+
+
+def test_every_readme_command_has_valid_options():
+    from cogvlm_lite.cli import build_parser
+
+    commands = readme_commands()
+    assert len(commands) >= 10
+    for command in commands:
+        words = shlex.split(command)
+        start = words.index("cogvlm-lite") if "cogvlm-lite" in words else words.index("cogvlm_lite")
+        parser, _ = build_parser()
+        parser.parse_args(words[start + 1 :])  # exits (fails the test) on a bad option
