@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .conversation import IGNORE, IMAGE_TOKEN_ID, ConversationBuilder, validate
+from .conversation import IGNORE, ConversationBuilder, validate
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,3 @@ def encode_images(model, paths: list[Path], batch: int = 32, dtype=torch.bfloat1
         out.append(model.encoder(pixels.to(model.device)).to("cpu", dtype))
     return torch.cat(out) if out else torch.empty(0)
 
-
-def image_rows(ids: torch.Tensor) -> torch.Tensor:
-    """Which rows of a batch hold an image placeholder."""
-    return (ids == IMAGE_TOKEN_ID).any(1)

@@ -268,17 +268,20 @@ class VisionLanguageModel(nn.Module):
                                    "cache": cache}
         generated: list[int] = []
         text = ""
-        for token in decode_tokens(self.lm, cache, last_logits, next_position, config,
-                                   self.stop_ids, previous=ids):
-            if token in self.stop_ids:
-                break
-            generated.append(token)
-            # The cache holds the prompt and every generated token but the newest.
+        try:
+            for token in decode_tokens(self.lm, cache, last_logits, next_position, config,
+                                       self.stop_ids, previous=ids):
+                if token in self.stop_ids:
+                    break
+                generated.append(token)
+                new = self.tokenizer.decode(generated, skip_special_tokens=True)
+                if new != text and not new.endswith("\ufffd"):
+                    text = new
+                    yield text
+        finally:
+            # Also when the caller stops early: the cache holds at least the prompt and every
+            # generated token but the newest.
             session["ids"] = ids + generated[:-1]
-            new = self.tokenizer.decode(generated, skip_special_tokens=True)
-            if new != text and not new.endswith("\ufffd"):
-                text = new
-                yield text
 
     def reset(self) -> None:
         """Forget the cached conversation."""

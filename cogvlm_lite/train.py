@@ -16,6 +16,7 @@ global count of labelled tokens, so the trajectory matches a single process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -253,8 +254,9 @@ class Trainer:
         total = torch.zeros(())
         self.model.train()
         for k, (ids, labels, features, _) in enumerate(micro):
-            sync = k == len(micro) - 1 or self.world == 1
-            with self._autocast(), no_sync(self.net, not sync):
+            # DDP averages gradients only after the last micro-batch.
+            defer = self.world > 1 and k < len(micro) - 1
+            with self._autocast(), self.net.no_sync() if defer else contextlib.nullcontext():
                 out = self.net(input_ids=ids, image_features=features, labels=labels,
                                loss_reduction="sum")
                 loss = out.loss * self.world / count.clamp(min=1)
@@ -354,19 +356,6 @@ def all_reduce(x: torch.Tensor, world: int) -> torch.Tensor:
 def barrier(world: int) -> None:
     if world > 1:
         dist.barrier()
-
-
-class no_sync:
-    """DDP's no_sync for all micro-batches but the last; nothing without DDP."""
-
-    def __init__(self, net, active: bool):
-        self.ctx = net.no_sync() if active and hasattr(net, "no_sync") else None
-
-    def __enter__(self):
-        return self.ctx.__enter__() if self.ctx else None
-
-    def __exit__(self, *exc):
-        return self.ctx.__exit__(*exc) if self.ctx else False
 
 
 def append_metrics(path: Path, record: dict) -> None:
