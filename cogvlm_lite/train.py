@@ -174,6 +174,7 @@ class Trainer:
         if exists and not (cfg.resume or cfg.force):
             raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or "
                                   "--force to start over (its files are replaced)")
+        barrier(self.world)  # every process has looked before the main one writes
         if self.main:
             if exists and cfg.force and not cfg.resume:
                 for name in (STATE_NAME, "metrics.jsonl", "loss.png", "model.safetensors",
