@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+COMPACT = ("bf16", "int8", "int4")  # decode formats measured beside the exact fp32 path
 QUESTION = "Where is the dog in this picture? Answer in [[x0,y0,x1,y1]] format, please."
 
 
@@ -49,7 +50,7 @@ def run_bench(tokens: int = 128, repeats: int = 3, quick: bool = False) -> dict:
     torch.manual_seed(0)
     figures: dict = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
                      "torch": torch.__version__, "new_tokens": tokens, "repeats": repeats,
-                     "precision": "fp32"}
+                     "precision": "fp32 (exact path), bf16/int8/int4 fused decode formats"}
     if not quick:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
@@ -63,14 +64,22 @@ def run_bench(tokens: int = 128, repeats: int = 3, quick: bool = False) -> dict:
 
     config = GenerationConfig(max_new_tokens=tokens)
     image = test_image(model.config.vision.image_size)
-    for with_image, key in ((False, "decode_tok_s"), (True, "decode_with_image_tok_s")):
+
+    def decode_speed(with_image: bool) -> float:
         runs = [decode_seconds(model, image if with_image else None, config, decode_tokens)
                 for _ in range(repeats + 1)]
-        seconds = statistics.median(runs[1:])  # the first run is a warm-up
-        figures[key] = round(tokens / seconds, 1)
+        return round(tokens / statistics.median(runs[1:]), 1)  # the first run is a warm-up
+
+    figures["decode_tok_s"] = decode_speed(False)
+    figures["decode_with_image_tok_s"] = decode_speed(True)
+    for fmt in COMPACT:
+        model.set_decode(fmt)
+        figures[f"decode_{fmt}_tok_s"] = decode_speed(False)
+    model.set_decode("exact")
     pre_image = median_time(lambda: prefill(model, image), repeats)
 
-    figures["transformers_decode_tok_s"] = round(transformers_decode(tokens, repeats), 1)
+    for dtype, key in ((torch.float32, ""), (torch.bfloat16, "_bf16")):
+        figures[f"transformers{key}_decode_tok_s"] = round(transformers_decode(tokens, repeats, dtype), 1)
     figures["llama_cpp_decode_tok_s"] = llama_cpp_decode(tokens, repeats)
 
     ttft_image = test_image(224)
@@ -89,9 +98,12 @@ def run_bench(tokens: int = 128, repeats: int = 3, quick: bool = False) -> dict:
         return round(figures[a] / figures[b], 3) if isinstance(figures.get(b), float) else None
 
     figures["ratios"] = {
-        "decode_vs_transformers": ratio("decode_tok_s", "transformers_decode_tok_s"),
+        "decode_vs_transformers_fp32": ratio("decode_tok_s", "transformers_decode_tok_s"),
+        "decode_bf16_vs_transformers_bf16": ratio("decode_bf16_tok_s",
+                                                  "transformers_bf16_decode_tok_s"),
         "decode_image_vs_text": ratio("decode_with_image_tok_s", "decode_tok_s"),
-        "decode_vs_llama_cpp": ratio("decode_tok_s", "llama_cpp_decode_tok_s"),
+        "decode_int8_vs_llama_cpp_q4_1": ratio("decode_int8_tok_s", "llama_cpp_decode_tok_s"),
+        "decode_int4_vs_llama_cpp_q4_1": ratio("decode_int4_tok_s", "llama_cpp_decode_tok_s"),
         "train_vs_lm_forward_backward": ratio("train_tok_s", "lm_forward_backward_tok_s"),
     }
     return figures
@@ -116,7 +128,7 @@ def decode_seconds(model, image, config, decode_tokens) -> float:
         last = model.lm.logits(model.hidden_states(inputs, cache=cache)[0, -1])
     position = int(inputs.position_ids[0, -1]) + 1
     start = time.perf_counter()
-    for _ in decode_tokens(model.lm, cache, last, position, config, stop_ids=set()):
+    for _ in decode_tokens(model.text_decoder, cache, last, position, config, stop_ids=set()):
         pass
     return time.perf_counter() - start
 
@@ -129,14 +141,14 @@ def prompt_tokens(model, image) -> int:
     return len(ids) + max(n_image - 1, 0)
 
 
-def transformers_decode(tokens: int, repeats: int) -> float:
+def transformers_decode(tokens: int, repeats: int, dtype: torch.dtype = torch.float32) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .weights import default_lm_dir
 
     path = default_lm_dir()
     tok = AutoTokenizer.from_pretrained(path)
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     ids = tok.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True,
                                   return_tensors="pt", return_dict=True)["input_ids"]
 

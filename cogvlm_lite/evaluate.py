@@ -168,6 +168,7 @@ def run_vqa(
     *,
     checkpoint: str | os.PathLike | None = None,
     device: str = "auto",
+    decode: str = "exact",
     max_new_tokens: int = 128,
     limit: int | None = None,
     model: Any = None,
@@ -211,7 +212,7 @@ def run_vqa(
         if model is None:
             from .model import load_model
 
-            model = load_model(checkpoint, device=device)
+            model = load_model(checkpoint, device=device, decode=decode)
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "ab") as f, tqdm(total=len(todo), desc="vqa", unit="q", dynamic_ncols=True) as bar:
             for path, group in by_image.items():

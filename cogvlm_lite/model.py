@@ -26,6 +26,7 @@ from .adapter import Adapter, AdapterConfig
 from .conversation import IGNORE, IMAGE_TOKEN_ID, ConversationBuilder, as_messages
 from .decoder import Decoder, num_params
 from .expert import ExpertConfig, Route, add_visual_experts
+from .fastdecode import FORMATS, FastDecoder
 from .generation import GenerationConfig, decode_tokens
 from .images import load_image
 from .vision import ImageEncoder, VisionConfig
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+DECODE_CHOICES = ("exact",) + tuple(f for f in FORMATS if f != "fp32")
 
 
 class CheckpointError(ValueError):
@@ -101,10 +103,26 @@ class VisionLanguageModel(nn.Module):
                                      tokenizer.convert_tokens_to_ids("<|im_end|>")) if i is not None}
         self._lock = threading.Lock()
         self._session: dict | None = None
+        self.decode = "exact"
+        self._fast: FastDecoder | None = None
 
     @property
     def device(self) -> torch.device:
         return self.lm.embed_tokens.weight.device
+
+    def set_decode(self, decode: str) -> None:
+        """How generated tokens run: "exact" through the language model's own weights, or
+        "bf16", "int8", "int4" through fused compact copies (see `cogvlm_lite.fastdecode`)."""
+        if decode not in DECODE_CHOICES:
+            raise ValueError(f"decode must be one of {DECODE_CHOICES}, not {decode!r}")
+        self._fast = None if decode == "exact" else FastDecoder(self.lm, decode)
+        self.decode = decode
+        self.reset()
+
+    @property
+    def text_decoder(self) -> Decoder | FastDecoder:
+        """What decodes generated (text) tokens."""
+        return self._fast or self.lm
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -269,7 +287,7 @@ class VisionLanguageModel(nn.Module):
         generated: list[int] = []
         text = ""
         try:
-            for token in decode_tokens(self.lm, cache, last_logits, next_position, config,
+            for token in decode_tokens(self.text_decoder, cache, last_logits, next_position, config,
                                        self.stop_ids, previous=ids):
                 if token in self.stop_ids:
                     break
@@ -411,8 +429,18 @@ def build_model(config: ModelConfig | None = None, *, device: str | None = "auto
 
 
 def load_model(path: str | Path | None = None, *, device: str | None = "auto",
-               dtype: torch.dtype | None = None) -> VisionLanguageModel:
-    """Load a checkpoint directory; with no path, the embedded default model."""
+               dtype: torch.dtype | None = None, decode: str = "exact") -> VisionLanguageModel:
+    """Load a checkpoint directory; with no path, the embedded default model.
+
+    `decode` picks the weights generated tokens run through (`VisionLanguageModel.set_decode`).
+    """
+    model = _load(path, device, dtype)
+    if decode != "exact":
+        model.set_decode(decode)
+    return model
+
+
+def _load(path, device, dtype) -> VisionLanguageModel:
     if path is None:
         if not (DEFAULT_CHECKPOINT / CONFIG_NAME).is_file():
             log.warning("no trained checkpoint at %s: the visual expert is untrained, so answers "

@@ -500,7 +500,8 @@ async def _generate(model, req: ChatRequest) -> AsyncIterator[str]:
 
 
 def run_server(host: str = "127.0.0.1", port: int = 8000, checkpoint: str | None = None,
-               device: str = "auto", api_key: str | None = None, model_name: str = MODEL_NAME) -> None:
+               device: str = "auto", api_key: str | None = None, model_name: str = MODEL_NAME,
+               decode: str = "exact") -> None:
     """Load the model and serve the API until interrupted (blocking)."""
     import uvicorn
 
@@ -509,7 +510,7 @@ def run_server(host: str = "127.0.0.1", port: int = 8000, checkpoint: str | None
     if api_key is None and not _is_loopback(host):
         log.warning("serving on %s without an API key: anyone who can reach this address can use "
                     "the model; pass --api-key to require one", host)
-    model = load_model(checkpoint, device=device)
+    model = load_model(checkpoint, device=device, decode=decode)
     app = create_app(model, api_key=api_key, model_name=model_name)
     print(f"cogvlm-lite API on http://{host}:{port}/v1 (model {model_name!r})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info")

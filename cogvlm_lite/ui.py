@@ -363,7 +363,9 @@ def launch_ui(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, sha
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python app.py [--host H] [--port P] [--share] [--checkpoint DIR] [--device D]`."""
+    """`python app.py [--host H] [--port P] [--share] [--checkpoint DIR] [--device D] [--decode F]`."""
+    from .cli import add_model_arguments
+
     parser = argparse.ArgumentParser(
         prog="app.py", description="The cogvlm-lite chat UI in the browser (Gradio).")
     parser.add_argument("--host", default="127.0.0.1",
@@ -371,8 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--share", action="store_true",
                         help="also make a temporary public link through Gradio's share servers")
-    parser.add_argument("--checkpoint", help="a fine-tuned checkpoint folder (default: the embedded model)")
-    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ...")
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
 
     from .model import CONFIG_NAME, DEFAULT_CHECKPOINT, load_model
@@ -384,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         label = "none (the visual expert is untrained, so answers about images are poor)"
     try:
-        model = load_model(args.checkpoint, device=args.device)
+        model = load_model(args.checkpoint, device=args.device, decode=args.decode)
     except (ValueError, OSError, RuntimeError) as e:
         print(f"app.py: cannot load the model: {e}", file=sys.stderr)
         return 1

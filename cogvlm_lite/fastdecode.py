@@ -1,0 +1,175 @@
+"""Fast text decoding: one token at a time through fused, optionally compact, weights.
+
+Generated tokens are text, so decoding never needs the visual experts: only the frozen language
+weights run. `FastDecoder` keeps them per layer as one fused QKV and one fused gate-up matrix, in
+one of these formats:
+
+- `fp32`: the language model's own weights (the same greedy tokens as the reference path);
+- `bf16`: bf16 weights and activations (AMX/AVX-512 on recent CPUs);
+- `int8`: weight-only int8, one scale per output row (`torch._weight_int8pack_mm`);
+- `int4`: weight-only 4-bit, a scale and offset per 32 inputs of a row (PyTorch's tinygemm
+  kernel for CPU), as llama.cpp's Q4_1 does.
+
+Prefill (the image and the prompt) still runs through `Decoder`, experts included; the KV cache
+is shared. Text-only answers in a format are exactly those of the base model in the same format.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .decoder import Decoder, DecoderLayer, KVCache, rotate
+
+FORMATS = ("fp32", "bf16", "int8", "int4")
+INT4_GROUP = 32
+
+
+class PackedLinear:
+    """y = x @ W.T (+ b) with W stored in a decode format; `x` is (tokens, in_features)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, fmt: str):
+        self.fmt = fmt
+        weight = weight.detach().float()
+        self.bias = None if bias is None else bias.detach().to(compute_dtype(fmt))
+        if fmt in ("fp32", "bf16"):
+            self.weight = weight.to(compute_dtype(fmt)).contiguous()
+        elif fmt == "int8":
+            q, scale = quantize_int8(weight)
+            self.weight, self.scale = q, scale.to(torch.bfloat16)
+        else:
+            self.out_features = weight.shape[0]
+            weight = F.pad(weight, (0, 0, 0, -weight.shape[0] % 16))  # the kernel packs 16 rows
+            q, scale, zero = quantize_int4(weight)
+            n, k = weight.shape
+            # the kernel computes (q - 8) * scale + zero, per group of INT4_GROUP inputs
+            self.scales_zeros = torch.stack([scale.t(), zero.t()], -1).to(torch.bfloat16).contiguous()
+            self.weight = torch._convert_weight_to_int4pack_for_cpu(q.view(n, k), 2)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fmt in ("fp32", "bf16"):
+            y = F.linear(x, self.weight)
+        elif self.fmt == "int8":
+            y = torch._weight_int8pack_mm(x, self.weight, self.scale)
+        else:
+            y = torch._weight_int4pack_mm_for_cpu(x, self.weight, INT4_GROUP, self.scales_zeros)
+            y = y[..., : self.out_features]
+        return y if self.bias is None else y + self.bias
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per output row: weight ~ q * scale[:, None]."""
+    scale = weight.abs().amax(1).clamp(min=1e-12) / 127
+    return (weight / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale
+
+
+def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric 4-bit groups of INT4_GROUP inputs: weight ~ (q - 8) * scale + zero (per group).
+
+    Returns q (out, in) int32 in 0..15 and scale, zero (out, in / INT4_GROUP), rounded to bf16
+    as the kernel stores them.
+    """
+    n, k = weight.shape
+    if k % INT4_GROUP:
+        raise ValueError(f"int4 needs in_features divisible by {INT4_GROUP}, got {k}")
+    groups = weight.view(n, k // INT4_GROUP, INT4_GROUP)
+    low, high = groups.amin(-1), groups.amax(-1)
+    scale = ((high - low) / 15).clamp(min=1e-12).to(torch.bfloat16).float()
+    zero = (low + 8 * scale).to(torch.bfloat16).float()
+    q = ((groups - zero[..., None]) / scale[..., None] + 8).round().clamp(0, 15)
+    return q.to(torch.int32).view(n, k), scale, zero
+
+
+def fake_quantize(weight: torch.Tensor, fmt: str) -> torch.Tensor:
+    """The float weight a decode format effectively multiplies by (for references and errors)."""
+    weight = weight.detach().float()
+    if fmt == "fp32":
+        return weight
+    if fmt == "bf16":
+        return weight.to(torch.bfloat16).float()
+    if fmt == "int8":
+        q, scale = quantize_int8(weight)
+        return q.float() * scale.to(torch.bfloat16).float()[:, None]
+    q, scale, zero = quantize_int4(weight)
+    n, k = weight.shape
+    groups = q.float().view(n, k // INT4_GROUP, INT4_GROUP)
+    return ((groups - 8) * scale[..., None] + zero[..., None]).view(n, k)
+
+
+def compute_dtype(fmt: str) -> torch.dtype:
+    return torch.float32 if fmt == "fp32" else torch.bfloat16
+
+
+def fuse(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    weight = torch.cat([lin.weight for lin in linears])
+    has_bias = [lin.bias is not None for lin in linears]
+    if not any(has_bias):
+        return weight, None
+    bias = torch.cat([lin.bias if lin.bias is not None else weight.new_zeros(lin.out_features)
+                      for lin in linears])
+    return weight, bias
+
+
+class FastLayer:
+    def __init__(self, layer: DecoderLayer, fmt: str):
+        dtype = compute_dtype(fmt)
+        self.qkv = PackedLinear(*fuse(layer.q_proj, layer.k_proj, layer.v_proj), fmt)
+        self.o = PackedLinear(layer.o_proj.weight, layer.o_proj.bias, fmt)
+        self.gate_up = PackedLinear(*fuse(layer.gate_proj, layer.up_proj), fmt)
+        self.down = PackedLinear(layer.down_proj.weight, layer.down_proj.bias, fmt)
+        self.norm1 = layer.input_layernorm.weight.detach().to(dtype)
+        self.norm2 = layer.post_attention_layernorm.weight.detach().to(dtype)
+        self.eps = layer.input_layernorm.eps
+        self.heads, self.kv_heads, self.head_dim = layer.num_heads, layer.num_kv_heads, layer.head_dim
+        self.split = (self.heads * self.head_dim, self.kv_heads * self.head_dim,
+                      self.kv_heads * self.head_dim)
+
+
+class FastDecoder:
+    """Single-token decoding for a `Decoder` (call it like one: ids (1, 1), position_ids (1, 1)).
+
+    It holds its own copies of the weights in `fmt` and shares the embeddings and rotary tables.
+    """
+
+    def __init__(self, decoder: Decoder, fmt: str = "fp32"):
+        if fmt not in FORMATS:
+            raise ValueError(f"decode format must be one of {FORMATS}, not {fmt!r}")
+        device = decoder.embed_tokens.weight.device
+        if fmt in ("int8", "int4") and device.type != "cpu":
+            raise ValueError(f"the {fmt} decode format runs on CPU; use bf16 on {device.type}")
+        self.fmt, self.dtype = fmt, compute_dtype(fmt)
+        self.embed_tokens, self.rotary = decoder.embed_tokens, decoder.rotary  # shared
+        with torch.no_grad():
+            self.layers = [FastLayer(layer, fmt) for layer in decoder.layers]
+            self.head = PackedLinear(decoder.lm_head.weight, None, fmt)
+            self.final_norm = decoder.norm.weight.detach().to(self.dtype)
+        self.eps = decoder.norm.eps
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor,
+                cache: KVCache) -> torch.Tensor:
+        x = self.embed_tokens(input_ids[0]).to(self.dtype)  # (1, hidden)
+        cos, sin = self.rotary(position_ids[0], self.dtype)  # (1, 1, head_dim)
+        end = cache.length + 1
+        cache.ensure(end)
+        for i, layer in enumerate(self.layers):
+            h = F.rms_norm(x, x.shape[-1:], layer.norm1, layer.eps)
+            q, k, v = layer.qkv(h).split(layer.split, dim=-1)
+            q = rotate(q.view(layer.heads, 1, layer.head_dim), cos, sin)
+            k = rotate(k.view(layer.kv_heads, 1, layer.head_dim), cos, sin)
+            cache.k[i, 0, :, cache.length] = k[:, 0]
+            cache.v[i, 0, :, cache.length] = v.view(layer.kv_heads, layer.head_dim)
+            keys, values = cache.k[i, :, :, :end], cache.v[i, :, :, :end]
+            a = F.scaled_dot_product_attention(q[None].to(keys.dtype), keys, values,
+                                               enable_gqa=True)
+            x = x + layer.o(a.reshape(1, -1).to(self.dtype))
+            h = F.rms_norm(x, x.shape[-1:], layer.norm2, layer.eps)
+            gate, up = layer.gate_up(h).chunk(2, dim=-1)
+            x = x + layer.down(F.silu(gate) * up)
+        cache.length = end
+        return F.rms_norm(x, x.shape[-1:], self.final_norm, self.eps)[None]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden.reshape(-1, hidden.shape[-1])).float().view(*hidden.shape[:-1], -1)
+

@@ -1,0 +1,110 @@
+"""The fused, compact decode path against the reference decoder."""
+
+import pytest
+import torch
+from tiny import write_tiny_lm
+
+from cogvlm_lite.decoder import Decoder
+from cogvlm_lite.fastdecode import FORMATS, FastDecoder, fake_quantize
+from cogvlm_lite.generation import GenerationConfig, decode_tokens
+
+MATRICES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def greedy(model: Decoder, ids: torch.Tensor, n: int, decoder=None, embeds=None) -> list[int]:
+    """Prefill with the reference decoder, then decode with `decoder` (default: the same)."""
+    cache = model.new_cache(1, 8)  # small on purpose: it must grow
+    with torch.no_grad():
+        last = model.logits(model(ids, cache=cache))[0, -1]
+    config = GenerationConfig(max_new_tokens=n)
+    return list(decode_tokens(decoder or model, cache, last, ids.shape[1], config, stop_ids=set()))
+
+
+def step_logits(model: Decoder, decoder, ids: torch.Tensor, n: int = 6) -> torch.Tensor:
+    """Scores after each of `n` teacher-forced tokens, decoded one at a time by `decoder`."""
+    cache = model.new_cache(1, ids.shape[1] + n)
+    with torch.no_grad():
+        model(ids[:, :-n], cache=cache)
+        rows = []
+        for i in range(ids.shape[1] - n, ids.shape[1]):
+            hidden = decoder(ids[:, i : i + 1], position_ids=torch.tensor([[i]]), cache=cache)
+            rows.append(decoder.logits(hidden)[0, -1].float())
+    return torch.stack(rows)
+
+
+def quantized_reference(path, fmt: str) -> Decoder:
+    """The plain decoder whose frozen matrices hold what `fmt` effectively multiplies by."""
+    model = Decoder.from_pretrained(path)
+    with torch.no_grad():
+        for layer in model.layers:
+            for name in MATRICES:
+                weight = getattr(layer, name).weight
+                weight.copy_(fake_quantize(weight, fmt))
+        model.lm_head.weight = torch.nn.Parameter(fake_quantize(model.lm_head.weight, fmt),
+                                                  requires_grad=False)
+    return model
+
+
+@pytest.mark.parametrize("model_type,tie", [("llama", True), ("qwen2", False)])
+def test_fused_fp32_gives_the_reference_tokens(tmp_path, model_type, tie):
+    model = Decoder.from_pretrained(write_tiny_lm(tmp_path, model_type, tie))
+    ids = torch.randint(0, 300, (1, 9))
+    assert greedy(model, ids, 24, FastDecoder(model, "fp32")) == greedy(model, ids, 24)
+
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "fp32"])
+def test_compact_formats_match_a_reference_with_the_same_weights(tmp_path, fmt):
+    path = write_tiny_lm(tmp_path, "qwen2", False)
+    model = Decoder.from_pretrained(path)
+    reference = quantized_reference(path, fmt)
+    ids = torch.randint(0, 300, (1, 12))
+    fast = step_logits(model, FastDecoder(model, fmt), ids)
+    exact = step_logits(reference, reference, ids)
+    # Only the activations' bf16 rounding separates them (a wrong packing would give ~1).
+    gap = (fast - exact).abs().max() / exact.abs().max()
+    assert gap < 0.05, gap
+
+
+def test_unknown_format_is_a_clear_error(tiny_lm_dir):
+    with pytest.raises(ValueError, match="decode format"):
+        FastDecoder(Decoder.from_pretrained(tiny_lm_dir), "int3")
+
+
+def test_model_decode_option(tiny_model):
+    with pytest.raises(ValueError, match="decode must be one of"):
+        tiny_model.set_decode("fp16")
+    tiny_model.set_decode("int8")
+    assert isinstance(tiny_model.text_decoder, FastDecoder)
+    tiny_model.set_decode("exact")
+    assert tiny_model.text_decoder is tiny_model.lm
+
+
+@pytest.mark.weights
+def test_real_model_fast_paths_give_the_reference_tokens(default_model):
+    """Fused fp32 decoding gives the reference tokens, text-only and after an image; the model's
+    text-only answers with int8 decoding are the base model's with the same int8 weights."""
+    from cogvlm_lite.bench import test_image
+    from cogvlm_lite.weights import default_lm_dir
+
+    model = default_model
+    question = "Name three colours of the rainbow."
+    try:
+        tokens = {}
+        for decode in ("exact", "fp32"):
+            model._fast = None if decode == "exact" else FastDecoder(model.lm, "fp32")
+            model.reset()
+            tokens[decode] = (model.chat(None, question, max_new_tokens=16),
+                              model.chat(test_image(), "What is in the image?", max_new_tokens=16))
+        assert tokens["fp32"] == tokens["exact"]
+
+        model.set_decode("int8")
+        text = model.chat(None, question, max_new_tokens=16)
+    finally:
+        model.set_decode("exact")
+    # The reference: the base model's prompt prefill, then its int8 weights in fp32 arithmetic.
+    ids = model.builder.encode([{"role": "user", "content": question}], image_tokens=0).input_ids
+    expected = greedy(Decoder.from_pretrained(default_lm_dir()), torch.tensor([ids]), 16,
+                      decoder=quantized_reference(default_lm_dir(), "int8"))
+    end = model.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    expected = expected[: expected.index(end)] if end in expected else expected
+    assert text == model.tokenizer.decode(expected, skip_special_tokens=True).strip()
