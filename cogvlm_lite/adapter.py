@@ -2,10 +2,13 @@
 
 CogVLM's projector (Linear -> LayerNorm -> GELU -> SwiGLU) with an optional 2x2 stride-2
 downsample first (CogVLM2 / GLM-4V), then an RMSNorm whose gain starts at the LM's embedding
-scale. All image patches share one rotary position in the language
-model, so the spatial layout is carried by learned 2-D position embeddings (row + column) added to
-each token; a CNN's features carry little absolute position of their own. Learned begin- and
-end-of-image vectors (BOI/EOI) frame the patches.
+scale. By default (`words`) each cell's vector then picks words: its cosine similarity to every
+input embedding of the language model, scaled, goes through a softmax, and the cell's token is
+that mixture of word embeddings. A frozen language model reads such tokens from the first step
+(a cell that is mostly " dog" reads as "dog"); the raw projection it does not. All image patches
+share one rotary position in the language model, so the spatial layout is carried by learned 2-D
+position embeddings (row + column) added to each token; a CNN's features carry little absolute
+position of their own. Learned begin- and end-of-image vectors (BOI/EOI) frame the patches.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from torch import nn
 class AdapterConfig:
     downsample: bool = False  # 2x2 stride-2 convolution before the projection
     intermediate_size: int | None = None  # SwiGLU width; None: the language model's FFN width
+    words: bool = True  # tokens as mixtures of the LM's word embeddings (else the projection)
+
+
+WORD_SCALE = 20.0  # initial cosine-similarity -> logit scale of the word mixture
 
 
 class Adapter(nn.Module):
@@ -43,8 +50,11 @@ class Adapter(nn.Module):
         # output grows far past them and drowns the position embeddings added next.
         self.out_norm = nn.RMSNorm(width, eps=1e-6)
         nn.init.constant_(self.out_norm.weight, embed_std)
-        self.row_embed = nn.Parameter(torch.randn(rows, width) * embed_std)
-        self.col_embed = nn.Parameter(torch.randn(cols, width) * embed_std)
+        self.word_scale = nn.Parameter(torch.tensor(WORD_SCALE)) if config.words else None
+        # Beside word mixtures, position embeddings start small enough not to blur the words.
+        pos_std = embed_std * (0.25 if config.words else 1.0)
+        self.row_embed = nn.Parameter(torch.randn(rows, width) * pos_std)
+        self.col_embed = nn.Parameter(torch.randn(cols, width) * pos_std)
         # Small random, not zero: a zero BOI right after a text token gave NaN rms_norm grads.
         self.boi = nn.Parameter(torch.randn(width) * embed_std)
         self.eoi = nn.Parameter(torch.randn(width) * embed_std)
@@ -62,8 +72,24 @@ class Adapter(nn.Module):
         x = F.gelu(self.norm(self.linear(x)))
         return self.out_norm(self.down(F.silu(self.gate(x)) * self.up(x)))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def word_logits(self, x: torch.Tensor, vocabulary: torch.Tensor) -> torch.Tensor:
+        """Scaled cosine similarity of projected cells (..., width) to word embeddings (V, width)."""
+        scale = self.word_scale if self.word_scale is not None else WORD_SCALE
+        return scale * F.normalize(x, dim=-1) @ F.normalize(vocabulary.to(x.dtype), dim=-1).T
+
+    def cells(self, features: torch.Tensor, vocabulary: torch.Tensor | None) -> torch.Tensor:
+        """(B, C, h, w) -> (B, rows*cols, width) cell tokens, before position embeddings."""
         x = self.project(features)
+        if self.word_scale is None:
+            return x
+        if vocabulary is None:
+            raise ValueError("this adapter writes word mixtures: pass the LM's input embeddings")
+        weights = self.word_logits(x, vocabulary).softmax(-1)
+        return weights @ vocabulary.to(weights.dtype)
+
+    def forward(self, features: torch.Tensor, vocabulary: torch.Tensor | None = None) -> torch.Tensor:
+        """Image tokens; `vocabulary` is the LM's input embedding table (needed with `words`)."""
+        x = self.cells(features, vocabulary)
         pos = (self.row_embed[:, None, :] + self.col_embed[None, :, :]).flatten(0, 1)
         x = x + pos.to(x.dtype)
         b = x.shape[0]

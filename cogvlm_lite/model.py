@@ -144,7 +144,7 @@ class VisionLanguageModel(nn.Module):
         if features is None:
             features = self.encoder(self.pixels(images).to(self.device))
         p = self.adapter.linear.weight
-        return self.adapter(features.to(p.device, p.dtype))
+        return self.adapter(features.to(p.device, p.dtype), self.lm.embed_tokens.weight)
 
     # ---------------------------------------------------------------- sequences
 

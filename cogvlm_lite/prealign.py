@@ -1,12 +1,13 @@
 """A cheap head start for the adapter, without running the language model.
 
-Each grid cell's image token is trained to point in the direction of the language model's input
-embedding of the name of the object covering that cell ("dog"), and of a comma elsewhere: a
-classification over all names by cosine similarity (a plain distance to the target collapses to
-the mean name). A frozen language model already reads such tokens: given cells that are " dog"
-and ",", it tends to answer "dog". It needs object boxes per image: the `objects` field that
-`cogvlm-lite scenes` writes beside each conversation. The 2-D position embeddings are left out
-here; the main training teaches them.
+Each grid cell is trained to pick the words of the object covering it: the adapter's word logits
+(its cells' cosine similarity to the LM's input embeddings) go through a softmax over the words
+of every object name, a comma (for cells with no object: it reads as next to nothing), and a fresh
+random sample of other words each step, with the cell's name tokens as the target. With the
+default word-mixture adapter, a cell over a dog then *is* roughly the embedding of " dog", and a
+frozen language model already reads it so. It needs object boxes per image: the `objects` field
+that `cogvlm-lite scenes` writes beside each conversation. The 2-D position embeddings are left
+out here; the main training teaches them.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
 BACKGROUND = "background"
 BACKGROUND_TEXT = ","  # what a cell with no object should read as: nearly nothing
-SCALE = 20.0  # cosine similarity -> logit
+NEGATIVES = 2048  # random other words in each step's softmax
 
 
 def read_objects(path: str | Path) -> dict[Path, list[dict]]:
@@ -58,59 +58,65 @@ def cell_labels(objects: list[dict], grid: tuple[int, int], min_cover: float = 0
     return labels
 
 
-def name_embeddings(model, names: list[str]) -> torch.Tensor:
-    """Mean input embedding of each name's tokens (with a leading space, as in a sentence)."""
-    table = model.lm.embed_tokens.weight.detach().float()
-    rows = []
-    for name in names:
-        text = BACKGROUND_TEXT if name == BACKGROUND else " " + name
-        ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
-        rows.append(table[ids].mean(0))
-    return torch.stack(rows)
+def name_tokens(tokenizer, names: list[str]) -> list[list[int]]:
+    """Token ids of each name as it appears in a sentence (leading space); BACKGROUND: a comma."""
+    return [tokenizer(BACKGROUND_TEXT if n == BACKGROUND else " " + n,
+                      add_special_tokens=False)["input_ids"] for n in names]
 
 
 def prealign(model, data: str | Path, images: list[Path], features: torch.Tensor,
              epochs: int = 10, lr: float = 3e-3, batch: int = 8, seed: int = 0) -> float:
-    """Train the adapter's projection so cell tokens point at object-name embeddings.
+    """Train the adapter's projection (and word scale) so each cell picks its object's words.
 
-    Returns the last epoch's accuracy of the nearest name over the cells an object covers.
+    Returns the last epoch's share of object cells whose top word is one of their name's.
     """
     objects = read_objects(data)
     adapter = model.adapter
-    grid = adapter.grid
+    vocabulary = model.lm.embed_tokens.weight.detach()
+    device = adapter.linear.weight.device
     names = sorted({o["name"] for objs in objects.values() for o in objs} | {BACKGROUND})
-    index = {n: i for i, n in enumerate(names)}
-    targets = F.normalize(name_embeddings(model, names), dim=-1)
-    labels = torch.tensor([[index[n] for n in cell_labels(objects.get(p, []), grid)]
-                           for p in images])
+    tokens = name_tokens(model.tokenizer, names)
+    words = sorted({t for ids in tokens for t in ids})
+    column = {t: i for i, t in enumerate(words)}
+    # target[name] = uniform over the name's words (extra columns for the negatives stay 0)
+    target = torch.zeros(len(names), len(words) + NEGATIVES, device=device)
+    for i, ids in enumerate(tokens):
+        for t in ids:
+            target[i, column[t]] += 1 / len(ids)
+    words = torch.tensor(words, device=device)
+    labels = torch.tensor([[names.index(n) for n in cell_labels(objects.get(p, []), adapter.grid)]
+                           for p in images], device=device)
     params = [p for n, p in adapter.named_parameters()
-              if n.split(".")[0] in ("downsample", "linear", "norm", "gate", "up", "down", "out_norm")]
-    optimizer = torch.optim.AdamW(params, lr=lr)
+              if n.split(".")[0] in ("downsample", "linear", "norm", "gate", "up", "down", "out_norm",
+                                     "word_scale")]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     # Background cells outnumber object cells: weigh both kinds equally in the loss.
-    is_object = labels != index[BACKGROUND]
+    is_object = labels != names.index(BACKGROUND)
     share = float(is_object.float().mean().clamp(0.01, 0.99))
-    weight = torch.tensor([0.5 / (1 - share), 0.5 / share])
+    weight = torch.tensor([0.5 / (1 - share), 0.5 / share], device=device)
     accuracy = float("nan")
     for epoch in range(epochs):
         order = torch.randperm(len(images), generator=generator)
         hits, count = 0, 0
         for start in range(0, len(images), batch):
             idx = order[start : start + batch]
-            feats = features[idx].to(adapter.linear.weight.device, torch.float32)
-            tokens = F.normalize(adapter.project(feats).flatten(0, 1), dim=-1)
-            logits = SCALE * tokens @ targets.to(tokens.device).T
-            target = labels[idx].flatten().to(tokens.device)
-            w = weight.to(tokens.device)[is_object[idx].flatten().long()]
-            loss = (F.cross_entropy(logits, target, reduction="none") * w).mean()
+            negatives = torch.randint(0, len(vocabulary), (NEGATIVES,), generator=generator)
+            columns = torch.cat([words, negatives.to(device)])
+            cells = adapter.project(features[idx].to(device, torch.float32)).flatten(0, 1)
+            logits = adapter.word_logits(cells, vocabulary[columns].float())
+            label = labels[idx].flatten()
+            goal = target[label]
+            loss = -(goal * logits.log_softmax(-1)).sum(-1)
+            loss = (loss * weight[is_object[idx].flatten().long()]).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            on_object = is_object[idx].flatten().to(tokens.device)
-            hits += int((logits.argmax(-1) == target)[on_object].sum())
+            on_object = is_object[idx].flatten()
+            right = goal.gather(1, logits.argmax(-1, keepdim=True))[:, 0] > 0
+            hits += int(right[on_object].sum())
             count += int(on_object.sum())
         accuracy = hits / max(count, 1)
-        log.info("pre-alignment epoch %d/%d: nearest name right on %.1f%% of object cells",
+        log.info("pre-alignment epoch %d/%d: top word right on %.1f%% of object cells",
                  epoch + 1, epochs, 100 * accuracy)
     return accuracy
-

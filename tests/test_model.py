@@ -176,3 +176,24 @@ def test_bf16_checkpoint_loads_into_fp32(tiny_model, tmp_path):
     again = load_model(tmp_path / "half", device="cpu")
     assert again.adapter.boi.dtype == torch.float32
     assert torch.equal(again.adapter.boi, tiny_model.adapter.boi.to(torch.bfloat16).float())
+
+
+def test_image_cells_are_mixtures_of_word_embeddings(tiny_model):
+    adapter, vocabulary = tiny_model.adapter, tiny_model.lm.embed_tokens.weight
+    features = tiny_model.encoder(tiny_model.pixels([image()]))
+    with torch.no_grad():
+        adapter.word_scale.fill_(1e6)  # a softmax this sharp picks one word per cell
+        cells = adapter.cells(features, vocabulary)[0]
+        picked = adapter.word_logits(adapter.project(features), vocabulary)[0].argmax(-1)
+    assert torch.allclose(cells, vocabulary[picked], atol=1e-5)
+    with pytest.raises(ValueError, match="word mixtures"):
+        adapter(features)
+
+
+def test_projection_adapter_without_words(tiny_lm_dir, tiny_encoder_file):
+    config = tiny_config(tiny_lm_dir, tiny_encoder_file)
+    config.adapter.words = False
+    model = build_model(config, device="cpu")
+    assert model.adapter.word_scale is None
+    embeds = model.image_embeddings([image()])
+    assert embeds.shape == (1, model.adapter.num_tokens, model.lm.config.hidden_size)
