@@ -141,7 +141,8 @@ def about_text(model, checkpoint: str) -> str:
 
     return (f"**Model** base LM {lm} · image encoder {config.vision.model_name} · checkpoint "
             f"{checkpoint} · parameters: LM {millions(counts['language_model'])}, encoder "
-            f"{millions(counts['encoder'])}, trainable {millions(counts['trainable'])}. "
+            f"{millions(counts['encoder'])}, trainable {millions(counts['trainable'])} · "
+            f"decoding {model.decode}. "
             "The default checkpoint is trained on synthetic scenes of emoji objects, so it knows "
             "those best. Sample images: OpenMoji (CC BY-SA 4.0).")
 
