@@ -173,7 +173,7 @@ def llama_cpp_decode(tokens: int, repeats: int) -> float | str:
 
     def run(n):
         llm.reset()
-        llm(QUESTION, max_tokens=n, temperature=0.0, ignore_eos=True)
+        llm(QUESTION, max_tokens=n, temperature=0.0, logit_bias={llm.token_eos(): -1e9})
 
     total = median_time(lambda: run(tokens), repeats)
     first = median_time(lambda: run(1), repeats)

@@ -74,6 +74,7 @@ def default_lm_dir() -> Path:
 
 def convert_gguf(gguf_path: Path, out: Path, pip_line: str = "") -> Path:
     """Dequantize a llama-architecture GGUF into `out` (config, safetensors, tokenizer), atomically."""
+    gguf_path, out = Path(gguf_path), Path(out)
     from gguf import GGUFReader
     from gguf.quants import dequantize
     from safetensors.torch import save_file
