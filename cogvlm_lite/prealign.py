@@ -75,6 +75,7 @@ def prealign(model, data: str | Path, images: list[Path], features: torch.Tensor
     vocabulary = model.lm.embed_tokens.weight.detach()
     device = adapter.linear.weight.device
     names = sorted({o["name"] for objs in objects.values() for o in objs} | {BACKGROUND})
+    index = {n: i for i, n in enumerate(names)}
     tokens = name_tokens(model.tokenizer, names)
     words = sorted({t for ids in tokens for t in ids})
     column = {t: i for i, t in enumerate(words)}
@@ -84,7 +85,7 @@ def prealign(model, data: str | Path, images: list[Path], features: torch.Tensor
         for t in ids:
             target[i, column[t]] += 1 / len(ids)
     words = torch.tensor(words, device=device)
-    labels = torch.tensor([[names.index(n) for n in cell_labels(objects.get(p, []), adapter.grid)]
+    labels = torch.tensor([[index[n] for n in cell_labels(objects.get(p, []), adapter.grid)]
                            for p in images], device=device)
     params = [p for n, p in adapter.named_parameters()
               if n.split(".")[0] in ("downsample", "linear", "norm", "gate", "up", "down", "out_norm",
@@ -92,7 +93,7 @@ def prealign(model, data: str | Path, images: list[Path], features: torch.Tensor
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     # Background cells outnumber object cells: weigh both kinds equally in the loss.
-    is_object = labels != names.index(BACKGROUND)
+    is_object = labels != index[BACKGROUND]
     share = float(is_object.float().mean().clamp(0.01, 0.99))
     weight = torch.tensor([0.5 / (1 - share), 0.5 / share], device=device)
     accuracy = float("nan")

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-from tiny import write_tiny_lm
+from tiny import greedy_cached, write_tiny_lm
 
 from cogvlm_lite.decoder import Decoder
-from cogvlm_lite.generation import GenerationConfig, decode_tokens
 
 
 def reference_logits(path, ids):
@@ -23,14 +22,6 @@ def greedy_uncached(model: Decoder, ids: torch.Tensor, n: int) -> list[int]:
             logits = model.logits(model(torch.tensor([out])))[0, -1]
             out.append(int(logits.argmax()))
     return out[ids.shape[1]:]
-
-
-def greedy_cached(model: Decoder, ids: torch.Tensor, n: int) -> list[int]:
-    cache = model.new_cache(1, 8)  # small on purpose: it must grow
-    with torch.no_grad():
-        last = model.logits(model(ids, cache=cache))[0, -1]
-    config = GenerationConfig(max_new_tokens=n)
-    return list(decode_tokens(model, cache, last, ids.shape[1], config, stop_ids=set()))
 
 
 @pytest.mark.parametrize("model_type,tie", [("llama", True), ("llama", False), ("qwen2", False)])

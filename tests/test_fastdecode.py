@@ -2,22 +2,10 @@
 
 import pytest
 import torch
-from tiny import write_tiny_lm
+from tiny import greedy_cached, write_tiny_lm
 
-from cogvlm_lite.decoder import Decoder
+from cogvlm_lite.decoder import PROJECTIONS, Decoder
 from cogvlm_lite.fastdecode import FORMATS, FastDecoder, fake_quantize
-from cogvlm_lite.generation import GenerationConfig, decode_tokens
-
-MATRICES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def greedy(model: Decoder, ids: torch.Tensor, n: int, decoder=None, embeds=None) -> list[int]:
-    """Prefill with the reference decoder, then decode with `decoder` (default: the same)."""
-    cache = model.new_cache(1, 8)  # small on purpose: it must grow
-    with torch.no_grad():
-        last = model.logits(model(ids, cache=cache))[0, -1]
-    config = GenerationConfig(max_new_tokens=n)
-    return list(decode_tokens(decoder or model, cache, last, ids.shape[1], config, stop_ids=set()))
 
 
 def step_logits(model: Decoder, decoder, ids: torch.Tensor, n: int = 6) -> torch.Tensor:
@@ -37,7 +25,7 @@ def quantized_reference(path, fmt: str) -> Decoder:
     model = Decoder.from_pretrained(path)
     with torch.no_grad():
         for layer in model.layers:
-            for name in MATRICES:
+            for name in PROJECTIONS:
                 weight = getattr(layer, name).weight
                 weight.copy_(fake_quantize(weight, fmt))
         model.lm_head.weight = torch.nn.Parameter(fake_quantize(model.lm_head.weight, fmt),
@@ -49,7 +37,7 @@ def quantized_reference(path, fmt: str) -> Decoder:
 def test_fused_fp32_gives_the_reference_tokens(tmp_path, model_type, tie):
     model = Decoder.from_pretrained(write_tiny_lm(tmp_path, model_type, tie))
     ids = torch.randint(0, 300, (1, 9))
-    assert greedy(model, ids, 24, FastDecoder(model, "fp32")) == greedy(model, ids, 24)
+    assert greedy_cached(model, ids, 24, FastDecoder(model, "fp32")) == greedy_cached(model, ids, 24)
 
 
 @pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "fp32"])
@@ -103,7 +91,7 @@ def test_real_model_fast_paths_give_the_reference_tokens(default_model):
         model.set_decode("exact")
     # The reference: the base model's prompt prefill, then its int8 weights in fp32 arithmetic.
     ids = model.builder.encode([{"role": "user", "content": question}], image_tokens=0).input_ids
-    expected = greedy(Decoder.from_pretrained(default_lm_dir()), torch.tensor([ids]), 16,
+    expected = greedy_cached(Decoder.from_pretrained(default_lm_dir()), torch.tensor([ids]), 16,
                       decoder=quantized_reference(default_lm_dir(), "int8"))
     end = model.tokenizer.convert_tokens_to_ids("<|im_end|>")
     expected = expected[: expected.index(end)] if end in expected else expected

@@ -63,3 +63,15 @@ def tiny_config(lm_dir, encoder_file, **expert):
     return ModelConfig(language_model=str(lm_dir),
                        vision=VisionConfig(weights=str(encoder_file), image_size=64),
                        expert=ExpertConfig(**({"rank": 4} | expert)), max_length=512)
+
+
+def greedy_cached(model, ids: torch.Tensor, n: int, decoder=None) -> list[int]:
+    """Prefill `ids` with `model` through its KV cache, then decode `n` greedy tokens with
+    `decoder` (default: `model` itself)."""
+    from cogvlm_lite.generation import GenerationConfig, decode_tokens
+
+    cache = model.new_cache(1, 8)  # small on purpose: it must grow
+    with torch.no_grad():
+        last = model.logits(model(ids, cache=cache))[0, -1]
+    config = GenerationConfig(max_new_tokens=n)
+    return list(decode_tokens(decoder or model, cache, last, ids.shape[1], config, stop_ids=set()))
