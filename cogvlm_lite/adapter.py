@@ -58,6 +58,7 @@ class Adapter(nn.Module):
         # Small random, not zero: a zero BOI right after a text token gave NaN rms_norm grads.
         self.boi = nn.Parameter(torch.randn(width) * embed_std)
         self.eoi = nn.Parameter(torch.randn(width) * embed_std)
+        self._unit_vocabulary: tuple[tuple, torch.Tensor] | None = None  # (source, unit rows)
 
     @property
     def num_tokens(self) -> int:
@@ -75,7 +76,17 @@ class Adapter(nn.Module):
     def word_logits(self, x: torch.Tensor, vocabulary: torch.Tensor) -> torch.Tensor:
         """Scaled cosine similarity of projected cells (..., width) to word embeddings (V, width)."""
         scale = self.word_scale if self.word_scale is not None else WORD_SCALE
-        return scale * F.normalize(x, dim=-1) @ F.normalize(vocabulary.to(x.dtype), dim=-1).T
+        return scale * F.normalize(x, dim=-1) @ self.unit_vocabulary(vocabulary, x.dtype).T
+
+    def unit_vocabulary(self, vocabulary: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Word embeddings scaled to unit length; kept while the frozen table is unchanged."""
+        if vocabulary.requires_grad:
+            return F.normalize(vocabulary.to(dtype), dim=-1)
+        key = (vocabulary, vocabulary.data_ptr(), vocabulary._version, dtype)
+        cached = self._unit_vocabulary
+        if cached is None or cached[0][0] is not vocabulary or cached[0][1:] != key[1:]:
+            self._unit_vocabulary = cached = key, F.normalize(vocabulary.to(dtype), dim=-1)
+        return cached[1]
 
     def cells(self, features: torch.Tensor, vocabulary: torch.Tensor | None) -> torch.Tensor:
         """(B, C, h, w) -> (B, rows*cols, width) cell tokens, before position embeddings."""

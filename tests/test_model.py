@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tiny import tiny_config
 
@@ -188,6 +189,21 @@ def test_image_cells_are_mixtures_of_word_embeddings(tiny_model):
     assert torch.allclose(cells, vocabulary[picked], atol=1e-5)
     with pytest.raises(ValueError, match="word mixtures"):
         adapter(features)
+
+
+def test_unit_vocabulary_is_reused_until_the_table_changes():
+    from cogvlm_lite.adapter import Adapter, AdapterConfig
+
+    adapter = Adapter(AdapterConfig(), channels=4, grid=(2, 2), width=8, lm_intermediate=16)
+    table = torch.randn(10, 8)
+    first = adapter.unit_vocabulary(table, torch.float32)
+    assert adapter.unit_vocabulary(table, torch.float32) is first
+    table[3] *= 5  # edited in place: rows must be normalised again
+    again = adapter.unit_vocabulary(table, torch.float32)
+    assert again is not first and torch.allclose(again, F.normalize(table, dim=-1))
+    other = table.clone()
+    assert torch.allclose(adapter.unit_vocabulary(other, torch.bfloat16).float(),
+                          F.normalize(other, dim=-1), atol=1e-2)
 
 
 def test_projection_adapter_without_words(tiny_lm_dir, tiny_encoder_file):
