@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-COMPACT = ("bf16", "int8", "int4")  # decode formats measured beside the exact fp32 path
+FORMATS = ("fp32", "bf16", "int8", "int4")  # fused decode formats measured beside the exact path
 QUESTION = "Where is the dog in this picture? Answer in [[x0,y0,x1,y1]] format, please."
 
 
@@ -35,6 +35,13 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
+def read_bandwidth(repeats: int, megabytes: int = 512) -> float:
+    """Bytes/s this machine streams from memory: a reduction over a buffer far past the caches."""
+    buffer = torch.ones(megabytes * 2**20 // 4)
+    seconds = median_time(buffer.sum, repeats)
+    return buffer.numel() * 4 / seconds
+
+
 def test_image(size: int = 224) -> Image.Image:
     rng = np.random.default_rng(0)
     return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
@@ -43,6 +50,7 @@ def test_image(size: int = 224) -> Image.Image:
 def run_bench(tokens: int = 128, repeats: int = 3, quick: bool = False) -> dict:
     """All figures as one dict with stable keys (seconds, tokens/s, MB, ratios)."""
     from .decoder import Decoder
+    from .fastdecode import FastDecoder
     from .generation import GenerationConfig, decode_tokens
     from .model import load_model
     from .weights import convert_gguf, default_lm_dir, default_lm_gguf
@@ -50,7 +58,7 @@ def run_bench(tokens: int = 128, repeats: int = 3, quick: bool = False) -> dict:
     torch.manual_seed(0)
     figures: dict = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
                      "torch": torch.__version__, "new_tokens": tokens, "repeats": repeats,
-                     "precision": "fp32 (exact path), bf16/int8/int4 fused decode formats"}
+                     "precision": "exact path (fp32), fused fp32/bf16/int8/int4 decode formats"}
     if not quick:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
@@ -72,10 +80,16 @@ def run_bench(tokens: int = 128, repeats: int = 3, quick: bool = False) -> dict:
 
     figures["decode_tok_s"] = decode_speed(False)
     figures["decode_with_image_tok_s"] = decode_speed(True)
-    for fmt in COMPACT:
+    for fmt in FORMATS:
         model.set_decode(fmt)
         figures[f"decode_{fmt}_tok_s"] = decode_speed(False)
     model.set_decode("exact")
+    # Decoding one token reads every weight once: memory bandwidth caps tokens/s per format.
+    bandwidth = read_bandwidth(repeats)
+    figures["memory_read_gb_s"] = round(bandwidth / 1e9, 1)
+    for fmt in FORMATS:
+        weight_bytes = FastDecoder(model.lm, fmt).weight_bytes()
+        figures[f"decode_{fmt}_ceiling_tok_s"] = round(bandwidth / weight_bytes, 1)
     pre_image = median_time(lambda: prefill(model, image), repeats)
 
     for dtype, key in ((torch.float32, ""), (torch.bfloat16, "_bf16")):
@@ -98,9 +112,17 @@ def run_bench(tokens: int = 128, repeats: int = 3, quick: bool = False) -> dict:
         return round(figures[a] / figures[b], 3) if isinstance(figures.get(b), float) else None
 
     figures["ratios"] = {
-        "decode_vs_transformers_fp32": ratio("decode_tok_s", "transformers_decode_tok_s"),
+        "decode_exact_vs_transformers_fp32": ratio("decode_tok_s", "transformers_decode_tok_s"),
+        "decode_fp32_vs_transformers_fp32": ratio("decode_fp32_tok_s",
+                                                  "transformers_decode_tok_s"),
         "decode_bf16_vs_transformers_bf16": ratio("decode_bf16_tok_s",
                                                   "transformers_bf16_decode_tok_s"),
+        "decode_fp32_vs_ceiling": ratio("decode_fp32_tok_s", "decode_fp32_ceiling_tok_s"),
+        "transformers_fp32_vs_ceiling": ratio("transformers_decode_tok_s",
+                                              "decode_fp32_ceiling_tok_s"),
+        "decode_bf16_vs_ceiling": ratio("decode_bf16_tok_s", "decode_bf16_ceiling_tok_s"),
+        "transformers_bf16_vs_ceiling": ratio("transformers_bf16_decode_tok_s",
+                                              "decode_bf16_ceiling_tok_s"),
         "decode_image_vs_text": ratio("decode_with_image_tok_s", "decode_tok_s"),
         "decode_int8_vs_llama_cpp_q4_1": ratio("decode_int8_tok_s", "llama_cpp_decode_tok_s"),
         "decode_int4_vs_llama_cpp_q4_1": ratio("decode_int4_tok_s", "llama_cpp_decode_tok_s"),

@@ -86,10 +86,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="a fine-tuned checkpoint folder (default: the embedded model)")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ...")
-    p.add_argument("--decode", default="exact", choices=("exact", "bf16", "int8", "int4"),
+    p.add_argument("--decode", default="exact", choices=("exact", "fp32", "bf16", "int8", "int4"),
                    help="weights that generated tokens run through: exact (the language model's "
-                        "own; text-only answers are the base model's), or fused compact copies "
-                        "(faster; int8/int4 on CPU only)")
+                        "own; text-only answers are the base model's), or fused copies (faster: "
+                        "fp32 gives the same greedy tokens; int8/int4 on CPU only)")
 
 
 def add_generation_arguments(p: argparse.ArgumentParser) -> None:

@@ -4,7 +4,9 @@ Generated tokens are text, so decoding never needs the visual experts: only the 
 weights run. `FastDecoder` keeps them per layer as one fused QKV and one fused gate-up matrix, in
 one of these formats:
 
-- `fp32`: the language model's own weights (the same greedy tokens as the reference path);
+- `fp32`: the language model's own weights (the same greedy tokens as the reference path). A
+  one-row product goes through `bmm` over row blocks, one per thread: BLAS runs a plain
+  matrix-vector product on one core, and a single core cannot stream the weights fast enough;
 - `bf16`: bf16 weights and activations (AMX/AVX-512 on recent CPUs);
 - `int8`: weight-only int8, one scale per output row (`torch._weight_int8pack_mm`);
 - `int4`: weight-only 4-bit, a scale and offset per 32 inputs of a row (PyTorch's tinygemm
@@ -33,7 +35,12 @@ class PackedLinear:
         self.fmt = fmt
         weight = weight.detach().float()
         self.bias = None if bias is None else bias.detach().to(compute_dtype(fmt))
-        if fmt in ("fp32", "bf16"):
+        if fmt == "fp32":
+            self.out_features = weight.shape[0]
+            blocks = max(1, torch.get_num_threads())
+            weight = F.pad(weight, (0, 0, 0, -weight.shape[0] % blocks))
+            self.weight = weight.view(blocks, -1, weight.shape[1]).contiguous()
+        elif fmt == "bf16":
             self.weight = weight.to(compute_dtype(fmt)).contiguous()
         elif fmt == "int8":
             q, scale = quantize_int8(weight)
@@ -47,8 +54,17 @@ class PackedLinear:
             self.scales_zeros = torch.stack([scale.t(), zero.t()], -1).to(torch.bfloat16).contiguous()
             self.weight = torch._convert_weight_to_int4pack_for_cpu(q.view(n, k), 2)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes one call reads: the weight and its scales, offsets and bias."""
+        parts = (getattr(self, name, None) for name in ("weight", "scale", "scales_zeros", "bias"))
+        return sum(t.numel() * t.element_size() for t in parts if t is not None)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fmt in ("fp32", "bf16"):
+        if self.fmt == "fp32":  # (blocks, rows, in) @ (blocks, in, tokens)
+            y = torch.bmm(self.weight, x.t().expand(len(self.weight), -1, -1))
+            y = y.reshape(-1, x.shape[0]).t()[:, : self.out_features]
+        elif self.fmt == "bf16":
             y = F.linear(x, self.weight)
         elif self.fmt == "int8":
             y = torch._weight_int8pack_mm(x, self.weight, self.scale)
@@ -145,6 +161,12 @@ class FastDecoder:
             self.head = PackedLinear(decoder.lm_head.weight, None, fmt)
             self.final_norm = decoder.norm.weight.detach().to(self.dtype)
         self.eps = decoder.norm.eps
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights one decoded token reads (projections and head; norms are tiny)."""
+        linears = [self.head] + [p for layer in self.layers
+                                 for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+        return sum(linear.nbytes for linear in linears)
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor,

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-DECODE_CHOICES = ("exact",) + tuple(f for f in FORMATS if f != "fp32")
+DECODE_CHOICES = ("exact",) + FORMATS
 
 
 class CheckpointError(ValueError):
@@ -112,7 +112,7 @@ class VisionLanguageModel(nn.Module):
 
     def set_decode(self, decode: str) -> None:
         """How generated tokens run: "exact" through the language model's own weights, or
-        "bf16", "int8", "int4" through fused compact copies (see `cogvlm_lite.fastdecode`)."""
+        "fp32", "bf16", "int8", "int4" through fused copies (see `cogvlm_lite.fastdecode`)."""
         if decode not in DECODE_CHOICES:
             raise ValueError(f"decode must be one of {DECODE_CHOICES}, not {decode!r}")
         self._fast = None if decode == "exact" else FastDecoder(self.lm, decode)

@@ -70,14 +70,21 @@ def test_bench_quick_json_has_stable_keys():
     assert out.returncode == 0, out.stderr[-2000:]
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     for key in ("load_warm_s", "decode_tok_s", "decode_with_image_tok_s", "decode_bf16_tok_s",
-                "decode_int8_tok_s", "decode_int4_tok_s", "transformers_decode_tok_s",
+                "decode_fp32_tok_s", "decode_int8_tok_s", "decode_int4_tok_s", "transformers_decode_tok_s",
                 "transformers_bf16_decode_tok_s", "llama_cpp_decode_tok_s",
                 "time_to_first_token_s", "prefill_tok_s", "train_tok_s",
-                "lm_forward_backward_tok_s", "peak_memory_mb"):
+                "lm_forward_backward_tok_s", "peak_memory_mb", "memory_read_gb_s",
+                "decode_fp32_ceiling_tok_s", "decode_int4_ceiling_tok_s"):
         assert key in figures, key
     assert figures["decode_tok_s"] > 0 and figures["decode_int8_tok_s"] > 0
     assert figures["train_tok_s"] > 0
+    # fewer bytes per weight, a higher bandwidth ceiling
+    ceilings = [figures[f"decode_{fmt}_ceiling_tok_s"] for fmt in ("fp32", "bf16", "int8", "int4")]
+    assert ceilings == sorted(ceilings) and ceilings[0] > 0
     assert set(figures["ratios"]) == {
-        "decode_vs_transformers_fp32", "decode_bf16_vs_transformers_bf16", "decode_image_vs_text",
+        "decode_exact_vs_transformers_fp32", "decode_fp32_vs_transformers_fp32",
+        "decode_bf16_vs_transformers_bf16", "decode_image_vs_text",
+        "decode_fp32_vs_ceiling", "transformers_fp32_vs_ceiling", "decode_bf16_vs_ceiling",
+        "transformers_bf16_vs_ceiling",
         "decode_int8_vs_llama_cpp_q4_1", "decode_int4_vs_llama_cpp_q4_1",
         "train_vs_lm_forward_backward"}

@@ -53,6 +53,18 @@ def test_compact_formats_match_a_reference_with_the_same_weights(tmp_path, fmt):
     assert gap < 0.05, gap
 
 
+def test_weight_bytes_count_what_one_token_reads(tiny_lm_dir):
+    decoder = Decoder.from_pretrained(tiny_lm_dir)
+    linears = [decoder.lm_head] + [getattr(layer, name) for layer in decoder.layers
+                                   for name in PROJECTIONS]
+    fp32 = sum(4 * linear.weight.numel() + 4 * (linear.bias is not None and linear.bias.numel())
+               for linear in linears)
+    sizes = {fmt: FastDecoder(decoder, fmt).weight_bytes() for fmt in FORMATS}
+    assert sizes["fp32"] == fp32
+    assert sizes["bf16"] == fp32 // 2
+    assert sizes["int4"] < sizes["int8"] < sizes["bf16"]
+
+
 def test_unknown_format_is_a_clear_error(tiny_lm_dir):
     with pytest.raises(ValueError, match="decode format"):
         FastDecoder(Decoder.from_pretrained(tiny_lm_dir), "int3")
