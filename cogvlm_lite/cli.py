@@ -64,6 +64,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     group.add_argument("--pred", help="predictions JSONL (id, prediction)")
     group.add_argument("--baseline", action="store_true",
                        help="score trivial answers instead (centre box, most common answer)")
+    p.add_argument("--limit", type=int,
+                   help="score only the first N questions (those `vqa --limit N` answers)")
     p.set_defaults(run=run_eval)
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP API")
@@ -236,13 +238,11 @@ def run_vqa(args) -> int:
 def run_eval(args) -> int:
     import json
 
-    from .evaluate import baseline_predictions, read_questions, score, score_files
+    from .evaluate import baseline_predictions, read_predictions, read_questions, score
 
-    if args.baseline:
-        questions = read_questions(args.data)
-        print(json.dumps(score(questions, baseline_predictions(questions)), indent=2))
-    else:
-        print(json.dumps(score_files(args.data, args.pred), indent=2))
+    questions = read_questions(args.data)[: args.limit]
+    predictions = baseline_predictions(questions) if args.baseline else read_predictions(args.pred)
+    print(json.dumps(score(questions, predictions), indent=2))
     return 0
 
 

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cogvlm_lite.evaluate import read_jsonl, read_predictions, read_questions, run_vqa, score, score_files
+from cogvlm_lite.evaluate import (
+    baseline_predictions,
+    read_jsonl,
+    read_predictions,
+    read_questions,
+    run_vqa,
+    score,
+    score_files,
+)
 
 BOX = "[[100,100,300,300]]"
 MULTI = "[[100,100,200,200;500,500,600,600;700,100,800,200]]"
@@ -249,6 +257,19 @@ def test_eval_cli_prints_the_metrics(tmp_path):
     assert out.returncode == 1
     assert f"{pred}, line {len(PREDICTIONS) + 1}: not valid JSON" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_eval_cli_limit_scores_the_first_questions(tmp_path):
+    data = write_jsonl(tmp_path / "q.jsonl", QUESTIONS)
+    first = QUESTIONS[:2]
+    pred = write_jsonl(tmp_path / "p.jsonl", [p for p in predictions()
+                                              if p["id"] in {q["id"] for q in first}])
+    out = cli("eval", "--data", str(data), "--pred", str(pred), "--limit", "2")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == score(first, read_predictions(pred))
+    assert json.loads(out.stdout)["overall"]["n"] == 2
+    out = cli("eval", "--data", str(data), "--baseline", "--limit", "2")
+    assert json.loads(out.stdout) == score(first, baseline_predictions(first))
 
 
 def test_vqa_cli_writes_predictions(tiny_model, vqa_data, tmp_path):
