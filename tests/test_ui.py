@@ -218,11 +218,6 @@ def test_grounded_answer_streams_and_boxes_are_drawn(context, app_url, scripted)
     expect(page.locator("#annotated img")).not_to_have_attribute("src", before)
     page.wait_for_function("() => { const img = document.querySelector('#annotated img');"
                            " return img.complete && img.naturalWidth > 0; }")
-    page.mouse.move(0, 0)
-    page.evaluate("document.activeElement.blur()")
-    about = page.locator("#about").bounding_box()  # it names the tiny test model: leave it out
-    page.screenshot(path=str(ROOT / "docs" / "ui.png"), clip={"x": 0, "y": 0, "width": 1280,
-                                                            "height": about["y"] - 8})
     bot.locator("summary").click()  # ...but one click shows them
     expect(bot).to_contain_text("[[125,556,354,822]]")
 
@@ -251,12 +246,6 @@ def test_click_a_region_and_ask_about_it(context, app_url, scripted):
     expect(page.locator(USER).last).to_contain_text("What is this [[")
     expect(page.locator(BOT).last).to_contain_text("A dog.")
     expect(page.locator("#region")).to_have_text("")  # the region went with the question
-    page.wait_for_function("() => { const img = document.querySelector('#annotated img');"
-                           " return img.complete && img.naturalWidth > 0; }")
-    page.mouse.move(0, 0)
-    about = page.locator("#about").bounding_box()
-    page.screenshot(path=str(ROOT / "docs" / "ui-region.png"), clip={"x": 0, "y": 0, "width": 1280,
-                                                                   "height": about["y"] - 8})
 
     click_image(page, 240, 180)  # one click: a point
     expect(page.locator("#region")).to_contain_text("point")
@@ -276,6 +265,40 @@ def test_click_a_region_and_ask_about_it(context, app_url, scripted):
     page.fill("#object-name textarea", "dogs")
     page.click("button:text-is('Count')")
     assert scripted.call("How many dogs").query == "How many dogs are there?"
+
+
+@pytest.mark.weights
+def test_default_checkpoint_in_the_browser(browser, default_model):
+    """The embedded model, unscripted, on a bundled sample; its screenshot is the README's."""
+    watched = ScriptedModel(default_model)
+    demo = build_ui(watched, "default")
+    url = launch_ui(demo, port=free_port(), block=False, quiet=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    try:
+        page = open_app(context, url)
+        page.click("#samples button.gallery-item:has(img[src$='park.png'])")
+        page.wait_for_selector("#annotated img")
+        click_image(page, 60, 200)  # two corners around the dog
+        expect(page.locator("#region")).to_contain_text("point")
+        click_image(page, 170, 296)
+        expect(page.locator("#region")).to_contain_text("box")
+        ask(page, "What is this?")
+        watched.call("What is this", timeout=120)
+        expect(page.locator(BOT).last).to_have_text("A dog.")
+        start = len(watched.calls)
+        ask(page, "What do you see?")
+        watched.call("What do you see", after=start, timeout=120)
+        expect(page.locator(BOT).last).to_contain_text("dog")
+        page.wait_for_function("() => { const img = document.querySelector('#annotated img');"
+                               " return img.complete && img.naturalWidth > 0; }")
+        page.mouse.move(0, 0)
+        page.evaluate("document.activeElement.blur()")
+        about = page.locator("#about").bounding_box()
+        page.screenshot(path=str(ROOT / "docs" / "ui.png"),
+                        clip={"x": 0, "y": 0, "width": 1280, "height": about["y"] + about["height"] + 8})
+    finally:
+        context.close()
+        demo.close()
 
 
 def truncated_png() -> bytes:
