@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,13 +216,19 @@ class BatchSampler:
 @torch.no_grad()
 def encode_images(model, paths: list[Path], batch: int = 32, dtype=torch.bfloat16,
                   progress: bool = False) -> torch.Tensor:
-    """Frozen-encoder features of every image, computed once: (N, C, h, w)."""
+    """Frozen-encoder features of every image, computed once: (N, C, h, w).
+
+    Images are decoded by a few threads (Pillow decodes without holding the GIL).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
     out = []
     chunks = range(0, len(paths), batch)
-    for start in tqdm(chunks, desc="encoding images", disable=not progress, unit="batch"):
-        pixels = model.pixels([str(p) for p in paths[start : start + batch]])
-        out.append(model.encoder(pixels.to(model.device)).to("cpu", dtype))
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        for start in tqdm(chunks, desc="encoding images", disable=not progress, unit="batch"):
+            names = [str(p) for p in paths[start : start + batch]]
+            pixels = torch.cat(list(pool.map(model.pixels, names)))
+            out.append(model.encoder(pixels.to(model.device)).to("cpu", dtype))
     return torch.cat(out) if out else torch.empty(0)
-

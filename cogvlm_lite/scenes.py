@@ -22,6 +22,8 @@ data set written here carries that notice in ``ATTRIBUTION.txt``.
 from __future__ import annotations
 
 import colorsys
+import concurrent.futures
+import contextlib
 import functools
 import importlib.resources
 import importlib.util
@@ -805,6 +807,16 @@ def scene_questions(scene: Scene, rng: np.random.Generator) -> list[dict]:
 # Writing a data set
 
 
+@contextlib.contextmanager
+def _scene_map(workers: int):
+    """An ordered `map` over scene indices: in this process, or in a pool of `workers`."""
+    if workers <= 1:
+        yield map
+        return
+    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        yield functools.partial(pool.map, chunksize=8)
+
+
 def _rounded(box: Box) -> list[float]:
     return [round(float(v), 4) for v in box]
 
@@ -830,8 +842,27 @@ class _AtomicLines:
         self.tmp.unlink(missing_ok=True)
 
 
+def _write_scene(out: Path, i: int, seed: int, image_size: int) -> tuple[list[dict], list[dict]]:
+    """Draw scene `i`, save its image under `out`; its (conversations, questions) records."""
+    scene = make_scene(np.random.default_rng([seed, i, 0]), image_size)
+    image = f"images/{i:06d}.png"
+    scene.image.save(out / image, format="PNG")
+    objects = [{"name": o.name, "box": _rounded(o.box)} for o in scene.objects]
+    conversations = [
+        {"image": image, "messages": conv["messages"], "kind": conv["kind"], "objects": objects}
+        for conv in scene_conversations(scene, np.random.default_rng([seed, i, 1]))
+    ]
+    questions, per_type = [], Counter()
+    for item in scene_questions(scene, np.random.default_rng([seed, i, 2])):
+        kind = item["type"]
+        questions.append({"id": f"{i:06d}-{kind}-{per_type[kind]}", "image": image, **item})
+        per_type[kind] += 1
+    return conversations, questions
+
+
 def write_dataset(
-    out: str | Path, n: int, seed: int = 0, *, image_size: int = 256, force: bool = False
+    out: str | Path, n: int, seed: int = 0, *, image_size: int = 256, force: bool = False,
+    workers: int = 1,
 ) -> dict:
     """Write `n` scenes into `out`: ``images/``, ``train.jsonl`` and ``questions.jsonl``.
 
@@ -839,7 +870,8 @@ def write_dataset(
     ``questions.jsonl`` VQA items (``{"id", "image", "question", "answer", "type"}``); image
     paths are relative to `out`. The same `seed` and `n` give byte-identical files, and scene
     ``i`` depends only on ``(seed, i)``. Refuses to write over an existing data set unless
-    `force`. Returns a summary: paths and counts per task type.
+    `force`. `workers` > 1 draws scenes in that many processes (same files). Returns a summary:
+    paths and counts per task type.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1 scene, got {n}")
@@ -863,21 +895,15 @@ def write_dataset(
     kinds: Counter[str] = Counter()
     types: Counter[str] = Counter()
     try:
-        for i in range(n):
-            scene = make_scene(np.random.default_rng([seed, i, 0]), image_size)
-            image = f"images/{i:06d}.png"
-            scene.image.save(out / image, format="PNG")
-            objects = [{"name": o.name, "box": _rounded(o.box)} for o in scene.objects]
-            for conv in scene_conversations(scene, np.random.default_rng([seed, i, 1])):
-                kinds[conv["kind"]] += 1
-                record = {"image": image, "messages": conv["messages"], "kind": conv["kind"]}
-                train.write({**record, "objects": objects})
-            per_type: Counter[str] = Counter()
-            for item in scene_questions(scene, np.random.default_rng([seed, i, 2])):
-                kind = item["type"]
-                questions.write({"id": f"{i:06d}-{kind}-{per_type[kind]}", "image": image, **item})
-                per_type[kind] += 1
-                types[kind] += 1
+        with _scene_map(workers) as map_:
+            draw = functools.partial(_write_scene, out, seed=seed, image_size=image_size)
+            for conversations, items in map_(draw, range(n)):
+                for record in conversations:
+                    kinds[record["kind"]] += 1
+                    train.write(record)
+                for item in items:
+                    types[item["type"]] += 1
+                    questions.write(item)
     except BaseException:
         train.discard()
         questions.discard()

@@ -47,6 +47,7 @@ from .vision import VisionConfig
 log = logging.getLogger(__name__)
 
 STATE_NAME = "train_state.pt"
+CALIBRATION_STEPS = 10  # steps timed before `--minutes` sets the schedule's length
 
 
 @dataclass
@@ -56,6 +57,7 @@ class TrainConfig:
     eval_data: str | None = None
     init_from: str | None = None  # warm start from a checkpoint (its model configuration)
     steps: int = 1000
+    minutes: float = 0.0  # wall-clock budget of this run, from loading to the last step; 0: none
     batch_size: int = 16  # conversations per optimizer step (global, over all processes)
     grad_accum: int = 1  # micro-batches per step (each batch_size / grad_accum)
     lr: float = 1e-3  # visual expert
@@ -95,6 +97,7 @@ class TrainConfig:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
+        self.began = time.perf_counter()
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.rank, self.world = setup_distributed()
@@ -285,10 +288,14 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.main, unit="step",
                    dynamic_ncols=True)
         last = {}
+        first = self.step
         while self.step < cfg.steps:
             start = time.perf_counter()
             last = self.train_step()
             seconds = time.perf_counter() - start
+            if cfg.minutes:
+                self._keep_to_budget(self.step - first)
+                bar.total = cfg.steps
             last["tokens_per_s"] = round(last["tokens"] / seconds, 1)
             last["seconds"] = round(seconds, 3)
             if self.main:
@@ -305,6 +312,27 @@ class Trainer:
         if self.main:
             plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
         return last
+
+    def _keep_to_budget(self, done: int) -> None:
+        """End this run within `--minutes` of its start (loading and feature caching included).
+
+        After `CALIBRATION_STEPS` steps (the first, with its lazy initialisation, left out) the
+        schedule is shortened to the steps that fit, so the cosine decay still completes; the
+        run also stops outright once the time is up.
+        """
+        cfg, now = self.cfg, time.perf_counter()
+        budget = cfg.minutes * 60 - (now - self.began)
+        if done == 1:
+            self._first_step_done = now
+        elif done == CALIBRATION_STEPS:
+            per_step = (now - self._first_step_done) / (done - 1)
+            fits = self.step + int(budget / per_step)
+            if fits < cfg.steps:
+                log.info("%.3f s per step: stopping at step %d to finish within --minutes %g",
+                         per_step, fits, cfg.minutes)
+                cfg.steps = max(self.step, fits)
+        if budget <= 0:
+            cfg.steps = self.step
 
     def evaluate(self) -> dict | None:
         if not self.main:

@@ -156,7 +156,9 @@ def test_same_seed_gives_identical_files_and_prefixes(tmp_path):
     b = write_dataset(tmp_path / "b", 5, seed=0)
     short = write_dataset(tmp_path / "short", 3, seed=0)
     other = write_dataset(tmp_path / "other", 3, seed=1)
-    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    parallel = write_dataset(tmp_path / "parallel", 5, seed=0, workers=2)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b") == _files(tmp_path / "parallel")
+    assert parallel["question_types"] == a["question_types"]
     assert a["question_types"] == b["question_types"]
     for name in ("train.jsonl", "questions.jsonl"):
         full = (tmp_path / "a" / name).read_bytes()
