@@ -4,6 +4,9 @@ Every figure is the median of several timed repeats after a warm-up. Peers: tran
 `generate` on the same weights and precision, and llama.cpp on the packaged Q4_1 GGUF when
 `llama_cpp` is importable (`pip install llama-cpp-python`, a source build); otherwise it reports
 "skipped".
+
+`--device cuda` runs the same figures on a GPU in bf16: our decoder and transformers on the card
+(the CPU-only fused formats, the memory-bandwidth ceilings and llama.cpp are left out).
 """
 
 from __future__ import annotations
@@ -24,13 +27,21 @@ FORMATS = ("fp32", "bf16", "int8", "int4")  # fused decode formats measured besi
 QUESTION = "Where is the dog in this picture? Answer in [[x0,y0,x1,y1]] format, please."
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work, so host clocks time it (nothing to wait for on CPU)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()
+    synchronize()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -47,7 +58,7 @@ def test_image(size: int = 224) -> Image.Image:
     return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
 
 
-def run_bench(tokens: int = 128, repeats: int = 3, quick: bool = False) -> dict:
+def run_bench(tokens: int = 128, repeats: int = 3, quick: bool = False, device: str = "cpu") -> dict:
     """All figures as one dict with stable keys (seconds, tokens/s, MB, ratios)."""
     from .decoder import Decoder
     from .generation import GenerationConfig, decode_tokens
@@ -55,9 +66,15 @@ def run_bench(tokens: int = 128, repeats: int = 3, quick: bool = False) -> dict:
     from .weights import convert_gguf, default_lm_dir, default_lm_gguf
 
     torch.manual_seed(0)
+    device = torch.device(device)
+    cuda = device.type == "cuda"
     figures: dict = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
                      "torch": torch.__version__, "new_tokens": tokens, "repeats": repeats,
                      "precision": "exact path (fp32), fused fp32/bf16/int8/int4 decode formats"}
+    if cuda:
+        figures["machine"] = torch.cuda.get_device_name(device)
+        figures["precision"] = "bf16 on CUDA, exact path"
+        torch.cuda.reset_peak_memory_stats(device)
     if not quick:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
@@ -66,7 +83,8 @@ def run_bench(tokens: int = 128, repeats: int = 3, quick: bool = False) -> dict:
             figures["load_first_run_s"] = round(time.perf_counter() - start, 2)
     default_lm_dir()
     start = time.perf_counter()
-    model = load_model(device="cpu")
+    model = load_model(device=str(device))
+    synchronize()
     figures["load_warm_s"] = round(time.perf_counter() - start, 2)
 
     config = GenerationConfig(max_new_tokens=tokens)
@@ -79,22 +97,17 @@ def run_bench(tokens: int = 128, repeats: int = 3, quick: bool = False) -> dict:
 
     figures["decode_tok_s"] = decode_speed(False)
     figures["decode_with_image_tok_s"] = decode_speed(True)
-    weight_bytes = {}
-    for fmt in FORMATS:
-        model.set_decode(fmt)
-        figures[f"decode_{fmt}_tok_s"] = decode_speed(False)
-        weight_bytes[fmt] = model.text_decoder.weight_bytes()
-    model.set_decode("exact")
-    # Decoding one token reads every weight once: memory bandwidth caps tokens/s per format.
-    bandwidth = read_bandwidth(repeats)
-    figures["memory_read_gb_s"] = round(bandwidth / 1e9, 1)
-    for fmt in FORMATS:
-        figures[f"decode_{fmt}_ceiling_tok_s"] = round(bandwidth / weight_bytes[fmt], 1)
+    if not cuda:
+        cpu_formats(figures, model, decode_speed, repeats)
     pre_image = median_time(lambda: prefill(model, image), repeats)
 
-    for dtype, key in ((torch.float32, ""), (torch.bfloat16, "_bf16")):
-        figures[f"transformers{key}_decode_tok_s"] = round(transformers_decode(tokens, repeats, dtype), 1)
-    figures["llama_cpp_decode_tok_s"] = llama_cpp_decode(tokens, repeats)
+    precisions = ((torch.bfloat16, "_bf16"),) if cuda else ((torch.float32, ""),
+                                                             (torch.bfloat16, "_bf16"))
+    for dtype, key in precisions:
+        speed = transformers_decode(tokens, repeats, dtype, device)
+        figures[f"transformers{key}_decode_tok_s"] = round(speed, 1)
+    figures["llama_cpp_decode_tok_s"] = ("skipped (a CPU peer)" if cuda
+                                         else llama_cpp_decode(tokens, repeats))
 
     ttft_image = test_image(224)
     figures["time_to_first_token_s"] = round(median_time(lambda: prefill(model, ttft_image),
@@ -107,15 +120,18 @@ def run_bench(tokens: int = 128, repeats: int = 3, quick: bool = False) -> dict:
     figures["train_tok_s"] = round(n_train / train_s, 1)
     figures["lm_forward_backward_tok_s"] = round(n_train / plain_s, 1)
     figures["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if cuda:
+        figures["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
 
     def ratio(a, b):
-        return round(figures[a] / figures[b], 3) if isinstance(figures.get(b), float) else None
+        both = isinstance(figures.get(a), float) and isinstance(figures.get(b), float)
+        return round(figures[a] / figures[b], 3) if both else None
 
     figures["ratios"] = {
         "decode_exact_vs_transformers_fp32": ratio("decode_tok_s", "transformers_decode_tok_s"),
         "decode_fp32_vs_transformers_fp32": ratio("decode_fp32_tok_s",
                                                   "transformers_decode_tok_s"),
-        "decode_bf16_vs_transformers_bf16": ratio("decode_bf16_tok_s",
+        "decode_bf16_vs_transformers_bf16": ratio("decode_tok_s" if cuda else "decode_bf16_tok_s",
                                                   "transformers_bf16_decode_tok_s"),
         "decode_fp32_vs_ceiling": ratio("decode_fp32_tok_s", "decode_fp32_ceiling_tok_s"),
         "transformers_fp32_vs_ceiling": ratio("transformers_decode_tok_s",
@@ -129,6 +145,21 @@ def run_bench(tokens: int = 128, repeats: int = 3, quick: bool = False) -> dict:
         "train_vs_lm_forward_backward": ratio("train_tok_s", "lm_forward_backward_tok_s"),
     }
     return figures
+
+
+def cpu_formats(figures: dict, model, decode_speed, repeats: int) -> None:
+    """Each fused decode format's tokens/s, and the ceiling memory bandwidth puts on it."""
+    weight_bytes = {}
+    for fmt in FORMATS:
+        model.set_decode(fmt)
+        figures[f"decode_{fmt}_tok_s"] = decode_speed(False)
+        weight_bytes[fmt] = model.text_decoder.weight_bytes()
+    model.set_decode("exact")
+    # Decoding one token reads every weight once: memory bandwidth caps tokens/s per format.
+    bandwidth = read_bandwidth(repeats)
+    figures["memory_read_gb_s"] = round(bandwidth / 1e9, 1)
+    for fmt in FORMATS:
+        figures[f"decode_{fmt}_ceiling_tok_s"] = round(bandwidth / weight_bytes[fmt], 1)
 
 
 def prefill(model, image) -> str:
@@ -152,6 +183,7 @@ def decode_seconds(model, image, config, decode_tokens) -> float:
     start = time.perf_counter()
     for _ in decode_tokens(model.text_decoder, cache, last, position, config, stop_ids=set()):
         pass
+    synchronize()
     return time.perf_counter() - start
 
 
@@ -163,16 +195,17 @@ def prompt_tokens(model, image) -> int:
     return len(ids) + max(n_image - 1, 0)
 
 
-def transformers_decode(tokens: int, repeats: int, dtype: torch.dtype = torch.float32) -> float:
+def transformers_decode(tokens: int, repeats: int, dtype: torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu") -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .weights import default_lm_dir
 
     path = default_lm_dir()
     tok = AutoTokenizer.from_pretrained(path)
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     ids = tok.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)["input_ids"]
+                                  return_tensors="pt", return_dict=True)["input_ids"].to(device)
 
     def run(n):
         with torch.no_grad():
@@ -213,18 +246,19 @@ def training_speed(model, repeats: int, batch: int = 8) -> tuple[float, float, i
     from .weights import default_lm_dir
 
     trainee = model.train()
+    device = trainee.device
     freeze_in(trainee, torch.bfloat16)
     messages = as_messages([(QUESTION, "[[120,340,560,780]]")] * 2)
     enc = trainee.builder.encode(messages, image_tokens=trainee.adapter.num_tokens,
                                  generation_prompt=False)
-    ids = torch.tensor([enc.input_ids] * batch)
-    labels = torch.tensor([enc.labels] * batch)
-    features = trainee.encoder(trainee.pixels([test_image()] * batch))
+    ids = torch.tensor([enc.input_ids] * batch, device=device)
+    labels = torch.tensor([enc.labels] * batch, device=device)
+    features = trainee.encoder(trainee.pixels([test_image()] * batch).to(device))
     params = [p for p in trainee.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             out = trainee(input_ids=ids, image_features=features, labels=labels)
         out.loss.backward()
         opt.step()
@@ -232,13 +266,13 @@ def training_speed(model, repeats: int, batch: int = 8) -> tuple[float, float, i
 
     n_tokens = batch * (ids.shape[1] + trainee.adapter.num_tokens - 1)
     train_s = median_time(step, repeats)
-    lm = Decoder.from_pretrained(default_lm_dir()).to(torch.bfloat16)
+    lm = Decoder.from_pretrained(default_lm_dir()).to(device, torch.bfloat16)
     for name, p in lm.named_parameters():
         p.requires_grad_(name.split(".")[-2] in ("gate_proj", "up_proj", "down_proj"))
-    plain_ids = torch.randint(0, lm.config.vocab_size, (batch, n_tokens // batch))
+    plain_ids = torch.randint(0, lm.config.vocab_size, (batch, n_tokens // batch), device=device)
 
     def plain():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             logits = lm.logits(lm(plain_ids))
             loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
                                                      plain_ids[:, 1:].flatten())
@@ -264,6 +298,8 @@ def report(figures: dict) -> str:
     return "\n".join(lines)
 
 
-def main(as_json: bool, quick: bool, tokens: int | None, repeats: int | None) -> None:
-    figures = run_bench(tokens or (8 if quick else 128), repeats or (1 if quick else 3), quick)
+def main(as_json: bool, quick: bool, tokens: int | None, repeats: int | None,
+         device: str = "cpu") -> None:
+    figures = run_bench(tokens or (8 if quick else 128), repeats or (1 if quick else 3), quick,
+                        device)
     print(json.dumps(figures) if as_json else report(figures))

@@ -81,6 +81,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--quick", action="store_true", help="few tokens, one repeat (a smoke run)")
     p.add_argument("--tokens", type=int, help="new tokens per decode (default 128; quick: 8)")
     p.add_argument("--repeats", type=int, help="timed repeats, median reported (default 3)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda for the same figures on a GPU (bf16)")
     p.set_defaults(run=run_bench)
 
     return parser, train_parser
@@ -250,7 +251,7 @@ def run_eval(args) -> int:
 def run_bench(args) -> int:
     from .bench import main as bench
 
-    bench(args.json, args.quick, args.tokens, args.repeats)
+    bench(args.json, args.quick, args.tokens, args.repeats, args.device)
     return 0
 
 

@@ -47,7 +47,7 @@ from .vision import VisionConfig
 log = logging.getLogger(__name__)
 
 STATE_NAME = "train_state.pt"
-CALIBRATION_STEPS = 10  # steps timed before `--minutes` sets the schedule's length
+CALIBRATION_STEPS = 10  # `--minutes` re-times the schedule's length this often
 
 
 @dataclass
@@ -316,21 +316,22 @@ class Trainer:
     def _keep_to_budget(self, done: int) -> None:
         """End this run within `--minutes` of its start (loading and feature caching included).
 
-        After `CALIBRATION_STEPS` steps (the first, with its lazy initialisation, left out) the
-        schedule is shortened to the steps that fit, so the cosine decay still completes; the
-        run also stops outright once the time is up.
+        From `CALIBRATION_STEPS` steps on (the first, with its lazy initialisation, left out of
+        the timing), and every `CALIBRATION_STEPS` steps after, the schedule's length is set to
+        the steps that fit, so the cosine decay still completes; the run also stops outright
+        once the time is up.
         """
         cfg, now = self.cfg, time.perf_counter()
         budget = cfg.minutes * 60 - (now - self.began)
         if done == 1:
-            self._first_step_done = now
-        elif done == CALIBRATION_STEPS:
+            self._first_step_done, self._planned_steps = now, cfg.steps
+        elif done % CALIBRATION_STEPS == 0:
             per_step = (now - self._first_step_done) / (done - 1)
-            fits = self.step + int(budget / per_step)
-            if fits < cfg.steps:
-                log.info("%.3f s per step: stopping at step %d to finish within --minutes %g",
-                         per_step, fits, cfg.minutes)
-                cfg.steps = max(self.step, fits)
+            steps = min(self._planned_steps, self.step + int(budget / per_step))
+            if steps != cfg.steps and done == CALIBRATION_STEPS:
+                log.info("%.3f s per step: about %d steps fit in --minutes %g",
+                         per_step, steps, cfg.minutes)
+            cfg.steps = max(self.step, steps)
         if budget <= 0:
             cfg.steps = self.step
 
