@@ -177,7 +177,7 @@ def decode_seconds(model, image, config, decode_tokens) -> float:
         ids = model.builder.encode(as_messages([], QUESTION), image_tokens=n_image).input_ids
         embeds = model.image_embeddings([image]) if image is not None else None
         cache = model.lm.new_cache(1, len(ids) + n_image + config.max_new_tokens)
-        inputs = model.prepare(torch.tensor([ids]), embeds)
+        inputs = model.prepare(torch.tensor([ids], device=model.device), embeds)
         last = model.lm.logits(model.hidden_states(inputs, cache=cache)[0, -1])
     position = int(inputs.position_ids[0, -1]) + 1
     start = time.perf_counter()
