@@ -20,7 +20,14 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from .grounding import draw_groundings, format_box, format_point, parse_groundings, strip_groundings
+from .grounding import (
+    draw_groundings,
+    format_box,
+    format_point,
+    parse_boxes,
+    parse_groundings,
+    strip_groundings,
+)
 from .images import MAX_BYTES, ImageError, load_image
 
 log = logging.getLogger(__name__)
@@ -109,7 +116,11 @@ def render_answer(text: str, *, streaming: bool = False) -> str:
     if not parse_groundings(text):
         return text
     raw = html.escape(text)
-    return (f"{strip_groundings(text)}\n\n<details class=\"raw-answer\"><summary>raw answer with "
+    shown = strip_groundings(text)
+    if not shown.strip():  # an answer of boxes alone
+        n = len(parse_boxes(text))
+        shown = f"*{n} box{'es' if n > 1 else ''}, drawn on the image*"
+    return (f"{shown}\n\n<details class=\"raw-answer\"><summary>raw answer with "
             f"coordinates</summary><code>{raw}</code></details>")
 
 
