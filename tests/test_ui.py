@@ -25,6 +25,7 @@ from playwright.sync_api import expect, sync_playwright
 from tiny import tiny_config
 
 from cogvlm_lite import build_model
+from cogvlm_lite.grounding import iou, parse_boxes
 from cogvlm_lite.ui import DESCRIBE_PROMPT, build_ui, launch_ui, region_text, render_answer, with_region
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,6 +171,7 @@ def test_regions_and_answers_as_text():
     assert shown.startswith("A dog and a cat.\n") and "<details" in shown and "[[125,556,354,822]]" in shown
     assert render_answer("A dog [[125,55", streaming=True) == "A dog "  # half a box is not shown
     assert render_answer("No boxes here.") == "No boxes here."
+    assert render_answer("[[150,618,370,828]]").startswith("*1 box, drawn on the image*")
     assert "empty" in render_answer("  \n")
 
 
@@ -287,6 +289,15 @@ def test_default_checkpoint_in_the_browser(browser, default_model):
         ask(page, "What do you see?")
         watched.call("What do you see", after=start, timeout=120)
         expect(page.locator(BOT).last).to_contain_text("dog")
+        start = len(watched.calls)
+        page.fill("#object-name textarea", "dog")
+        page.click("button:text-is('Find it')")
+        watched.call("Where is the dog", after=start, timeout=120)
+        expect(page.locator(BOT).last).to_contain_text("]]")  # a whole box has streamed in
+        answer = page.locator(BOT).last.text_content()  # the raw boxes sit in a folded part
+        found = parse_boxes(answer)
+        dog = parse_boxes(PARK_ANSWER)[0]
+        assert found and iou(found[0], dog) >= 0.5, (answer, dog)  # the box lands on the dog
         page.wait_for_function("() => { const img = document.querySelector('#annotated img');"
                                " return img.complete && img.naturalWidth > 0; }")
         page.mouse.move(0, 0)
