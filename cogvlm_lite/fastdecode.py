@@ -7,13 +7,16 @@ one of these formats:
 - `fp32`: the language model's own weights (the same greedy tokens as the reference path). A
   one-row product goes through `bmm` over row blocks, one per thread: BLAS runs a plain
   matrix-vector product on one core, and a single core cannot stream the weights fast enough;
-- `bf16`: bf16 weights and activations (AMX/AVX-512 on recent CPUs);
+- `bf16`: bf16 weights, and bf16 inputs to each product (AMX/AVX-512 on recent CPUs);
 - `int8`: weight-only int8, one scale per output row (`torch._weight_int8pack_mm`);
 - `int4`: weight-only 4-bit, a scale and offset per 32 inputs of a row (PyTorch's tinygemm
   kernel for CPU), as llama.cpp's Q4_1 does.
 
-Prefill (the image and the prompt) still runs through `Decoder`, experts included; the KV cache
-is shared. Text-only answers in a format are exactly those of the base model in the same format.
+In every format the residual stream and the norms stay fp32; only the products' inputs are
+rounded (rounding the residual to bf16 after each addition cost int8 a quarter of its box
+accuracy on held-out scenes: 0.16 against 0.21 exact, 0.19 with the fp32 residual). Prefill (the
+image and the prompt) still runs through `Decoder`, experts included; the KV cache is shared.
+Text-only answers in a format are exactly those of the base model in the same format.
 """
 
 from __future__ import annotations
@@ -129,13 +132,12 @@ def fuse(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 class FastLayer:
     def __init__(self, layer: DecoderLayer, fmt: str):
-        dtype = compute_dtype(fmt)
         self.qkv = PackedLinear(*fuse(layer.q_proj, layer.k_proj, layer.v_proj), fmt)
         self.o = PackedLinear(layer.o_proj.weight, layer.o_proj.bias, fmt)
         self.gate_up = PackedLinear(*fuse(layer.gate_proj, layer.up_proj), fmt)
         self.down = PackedLinear(layer.down_proj.weight, layer.down_proj.bias, fmt)
-        self.norm1 = layer.input_layernorm.weight.detach().to(dtype)
-        self.norm2 = layer.post_attention_layernorm.weight.detach().to(dtype)
+        self.norm1 = layer.input_layernorm.weight.detach().float()
+        self.norm2 = layer.post_attention_layernorm.weight.detach().float()
         self.eps = layer.input_layernorm.eps
         self.heads, self.kv_heads, self.head_dim = layer.num_heads, layer.num_kv_heads, layer.head_dim
         self.split = (self.heads * self.head_dim, self.kv_heads * self.head_dim,
@@ -159,7 +161,7 @@ class FastDecoder:
         with torch.no_grad():
             self.layers = [FastLayer(layer, fmt) for layer in decoder.layers]
             self.head = PackedLinear(decoder.lm_head.weight, None, fmt)
-            self.final_norm = decoder.norm.weight.detach().to(self.dtype)
+            self.final_norm = decoder.norm.weight.detach().float()
         self.eps = decoder.norm.eps
 
     def weight_bytes(self) -> int:
@@ -171,12 +173,13 @@ class FastDecoder:
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor,
                 cache: KVCache) -> torch.Tensor:
-        x = self.embed_tokens(input_ids[0]).to(self.dtype)  # (1, hidden)
+        # The residual stream stays fp32 in every format: only the products run in `dtype`.
+        x = self.embed_tokens(input_ids[0]).float()  # (1, hidden)
         cos, sin = self.rotary(position_ids[0], self.dtype)  # (1, 1, head_dim)
         end = cache.length + 1
         cache.ensure(end)
         for i, layer in enumerate(self.layers):
-            h = F.rms_norm(x, x.shape[-1:], layer.norm1, layer.eps)
+            h = F.rms_norm(x, x.shape[-1:], layer.norm1, layer.eps).to(self.dtype)
             q, k, v = layer.qkv(h).split(layer.split, dim=-1)
             q = rotate(q.view(layer.heads, 1, layer.head_dim), cos, sin)
             k = rotate(k.view(layer.kv_heads, 1, layer.head_dim), cos, sin)
@@ -186,11 +189,11 @@ class FastDecoder:
             a = F.scaled_dot_product_attention(q[None].to(keys.dtype), keys, values,
                                                enable_gqa=True)
             x = x + layer.o(a.reshape(1, -1).to(self.dtype))
-            h = F.rms_norm(x, x.shape[-1:], layer.norm2, layer.eps)
+            h = F.rms_norm(x, x.shape[-1:], layer.norm2, layer.eps).to(self.dtype)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
         cache.length = end
-        return F.rms_norm(x, x.shape[-1:], self.final_norm, self.eps)[None]
+        return F.rms_norm(x, x.shape[-1:], self.final_norm, self.eps).to(self.dtype)[None]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(hidden.reshape(-1, hidden.shape[-1])).float().view(*hidden.shape[:-1], -1)
