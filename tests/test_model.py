@@ -213,3 +213,21 @@ def test_projection_adapter_without_words(tiny_lm_dir, tiny_encoder_file):
     assert model.adapter.word_scale is None
     embeds = model.image_embeddings([image()])
     assert embeds.shape == (1, model.adapter.num_tokens, model.lm.config.hidden_size)
+
+
+def test_image_prompts_prefill_under_bf16_autocast_and_text_prompts_do_not(tiny_model, monkeypatch):
+    seen = []
+    hidden_states = tiny_model.hidden_states
+
+    def spy(inputs, cache=None):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return hidden_states(inputs, cache=cache)
+
+    monkeypatch.setattr(tiny_model, "hidden_states", spy)
+    image = Image.new("RGB", (64, 48), (200, 30, 30))
+    tiny_model.chat(image, "What is this?", max_new_tokens=2)
+    tiny_model.chat(image, "And now?", history=[("What is this?", "A cat.")], max_new_tokens=2)
+    tiny_model.chat(None, "Hello", max_new_tokens=2)
+    tiny_model.image_prefill_bf16 = False
+    tiny_model.chat(image, "What is this?", max_new_tokens=2)
+    assert seen == [True, True, False, False]
