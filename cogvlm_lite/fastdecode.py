@@ -7,7 +7,8 @@ one of these formats:
 - `fp32`: the language model's own weights (the same greedy tokens as the reference path). A
   one-row product goes through `bmm` over row blocks, one per thread: BLAS runs a plain
   matrix-vector product on one core, and a single core cannot stream the weights fast enough;
-- `bf16`: bf16 weights, and bf16 inputs to each product (AMX/AVX-512 on recent CPUs);
+- `bf16`: bf16 weights, and bf16 inputs to each product; on CPU the weights are prepacked for
+  oneDNN's kernel (AVX-512 bf16 or AMX where the CPU has them), a quarter faster than `F.linear`;
 - `int8`: weight-only int8, one scale per output row (`torch._weight_int8pack_mm`);
 - `int4`: weight-only 4-bit, a scale and offset per 32 inputs of a row (PyTorch's tinygemm
   kernel for CPU), as llama.cpp's Q4_1 does.
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .decoder import Decoder, DecoderLayer, KVCache, rotate
+from .decoder import Decoder, DecoderLayer, KVCache
 
 FORMATS = ("fp32", "bf16", "int8", "int4")
 INT4_GROUP = 32
@@ -44,7 +45,9 @@ class PackedLinear:
             weight = F.pad(weight, (0, 0, 0, -weight.shape[0] % blocks))
             self.weight = weight.view(blocks, -1, weight.shape[1]).contiguous()
         elif fmt == "bf16":
-            self.weight = weight.to(compute_dtype(fmt)).contiguous()
+            self.weight = weight.to(torch.bfloat16).contiguous()
+            if self.weight.is_cpu and onednn_bf16():  # prepacked for oneDNN's one-row kernel
+                self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight, 1)
         elif fmt == "int8":
             q, scale = quantize_int8(weight)
             self.weight, self.scale = q, scale.to(torch.bfloat16)
@@ -67,6 +70,8 @@ class PackedLinear:
         if self.fmt == "fp32":  # (blocks, rows, in) @ (blocks, in, tokens)
             y = torch.bmm(self.weight, x.t().expand(len(self.weight), -1, -1))
             y = y.reshape(-1, x.shape[0]).t()[:, : self.out_features]
+        elif self.fmt == "bf16" and self.weight.is_mkldnn:
+            y = torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
         elif self.fmt == "bf16":
             y = F.linear(x, self.weight)
         elif self.fmt == "int8":
@@ -75,6 +80,11 @@ class PackedLinear:
             y = torch._weight_int4pack_mm_for_cpu(x, self.weight, INT4_GROUP, self.scales_zeros)
             y = y[..., : self.out_features]
         return y if self.bias is None else y + self.bias
+
+
+def onednn_bf16() -> bool:
+    """Whether PyTorch's oneDNN runs bf16 products on this CPU."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,19 +186,24 @@ class FastDecoder:
         # The residual stream stays fp32 in every format: only the products run in `dtype`.
         x = self.embed_tokens(input_ids[0]).float()  # (1, hidden)
         cos, sin = self.rotary(position_ids[0], self.dtype)  # (1, 1, head_dim)
-        end = cache.length + 1
+        half = cos.shape[-1] // 2
+        sin = torch.cat((-sin[..., :half], sin[..., half:]), -1)  # rotate: x * cos + roll(x) * sin
+        position, end = cache.length, cache.length + 1
         cache.ensure(end)
+        new_k, new_v = cache.k[:, 0, :, position], cache.v[:, 0, :, position]
+        keys, values = cache.k[:, :, :, :end], cache.v[:, :, :, :end]
+        first = self.layers[0]
+        heads, rotated = first.heads, first.heads + first.kv_heads
         for i, layer in enumerate(self.layers):
             h = F.rms_norm(x, x.shape[-1:], layer.norm1, layer.eps).to(self.dtype)
-            q, k, v = layer.qkv(h).split(layer.split, dim=-1)
-            q = rotate(q.view(layer.heads, 1, layer.head_dim), cos, sin)
-            k = rotate(k.view(layer.kv_heads, 1, layer.head_dim), cos, sin)
-            cache.k[i, 0, :, cache.length] = k[:, 0]
-            cache.v[i, 0, :, cache.length] = v.view(layer.kv_heads, layer.head_dim)
-            keys, values = cache.k[i, :, :, :end], cache.v[i, :, :, :end]
-            a = F.scaled_dot_product_attention(q[None].to(keys.dtype), keys, values,
-                                               enable_gqa=True)
-            x = x + layer.o(a.reshape(1, -1).to(self.dtype))
+            qkv = layer.qkv(h).view(-1, layer.head_dim)  # q, k and v heads
+            qk = qkv[:rotated]
+            qk = qk * cos[0] + qk.roll(half, -1) * sin[0]
+            new_k[i] = qk[heads:]
+            new_v[i] = qkv[rotated:]
+            a = F.scaled_dot_product_attention(qk[None, :heads, None].to(keys.dtype), keys[i],
+                                               values[i], enable_gqa=True)
+            x = x + layer.o(a.view(1, -1).to(self.dtype))
             h = F.rms_norm(x, x.shape[-1:], layer.norm2, layer.eps).to(self.dtype)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
             x = x + layer.down(F.silu(gate) * up)

@@ -108,3 +108,15 @@ def test_real_model_fast_paths_give_the_reference_tokens(default_model):
     end = model.tokenizer.convert_tokens_to_ids("<|im_end|>")
     expected = expected[: expected.index(end)] if end in expected else expected
     assert text == model.tokenizer.decode(expected, skip_special_tokens=True).strip()
+
+
+def test_prepacked_bf16_matches_plain_bf16(monkeypatch):
+    import cogvlm_lite.fastdecode as fastdecode
+
+    weight, x = torch.randn(40, 64), torch.randn(3, 64).bfloat16()
+    packed = fastdecode.PackedLinear(weight, None, "bf16")
+    monkeypatch.setattr(fastdecode, "onednn_bf16", lambda: False)
+    plain = fastdecode.PackedLinear(weight, None, "bf16")
+    assert not plain.weight.is_mkldnn
+    assert torch.equal(packed(x), plain(x))
+    assert packed.nbytes == plain.nbytes == 40 * 64 * 2
