@@ -192,12 +192,19 @@ def test_config_file_with_flag_overrides(scenes, tiny_checkpoint, tmp_path):
     assert proc.returncode != 0 and "no_such_option" in err
 
 
-def test_minutes_shorten_the_schedule_so_it_still_decays(scenes, tiny_checkpoint, tmp_path):
+def test_minutes_shorten_the_schedule_so_it_still_decays(scenes, tiny_checkpoint, tmp_path,
+                                                         monkeypatch):
+    import itertools
+
+    import cogvlm_lite.train
+
+    ticks = itertools.count()
+    monkeypatch.setattr(cogvlm_lite.train, "clock", lambda: 0.5 * next(ticks))  # 1.5 s a step
     run = tmp_path / "run"
     last = train(TrainConfig(data=str(scenes / "train.jsonl"), out=str(run),
-                             init_from=tiny_checkpoint, steps=100_000, minutes=0.1, batch_size=2,
+                             init_from=tiny_checkpoint, steps=100_000, minutes=0.5, batch_size=2,
                              warmup=2, lr=1e-3, min_lr_ratio=0.1, save_every=0))
-    assert 10 <= last["step"] < 100_000
+    assert 10 <= last["step"] <= 20  # 30 s of 1.5 s steps, planned with a margin
     assert last["lr"] == pytest.approx(1e-4)  # the cosine decay ran to its end
     assert sorted(losses(run)) == list(range(1, last["step"] + 1))
     assert (run / "model.safetensors").is_file() and (run / "train_state.pt").is_file()
