@@ -186,19 +186,20 @@ class FastDecoder:
         # The residual stream stays fp32 in every format: only the products run in `dtype`.
         x = self.embed_tokens(input_ids[0]).float()  # (1, hidden)
         cos, sin = self.rotary(position_ids[0], self.dtype)  # (1, 1, head_dim)
+        # rotate(x) = x * cos + cat(-x2, x1) * sin = x * cos + roll(x) * cat(-sin1, sin2)
         half = cos.shape[-1] // 2
-        sin = torch.cat((-sin[..., :half], sin[..., half:]), -1)  # rotate: x * cos + roll(x) * sin
+        cos, sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), -1)
         position, end = cache.length, cache.length + 1
         cache.ensure(end)
         new_k, new_v = cache.k[:, 0, :, position], cache.v[:, 0, :, position]
         keys, values = cache.k[:, :, :, :end], cache.v[:, :, :, :end]
-        first = self.layers[0]
-        heads, rotated = first.heads, first.heads + first.kv_heads
+        heads = self.layers[0].heads
+        rotated = heads + self.layers[0].kv_heads  # q and k heads, rotated together
         for i, layer in enumerate(self.layers):
             h = F.rms_norm(x, x.shape[-1:], layer.norm1, layer.eps).to(self.dtype)
             qkv = layer.qkv(h).view(-1, layer.head_dim)  # q, k and v heads
             qk = qkv[:rotated]
-            qk = qk * cos[0] + qk.roll(half, -1) * sin[0]
+            qk = qk * cos + qk.roll(half, -1) * sin
             new_k[i] = qk[heads:]
             new_v[i] = qkv[rotated:]
             a = F.scaled_dot_product_attention(qk[None, :heads, None].to(keys.dtype), keys[i],
