@@ -150,8 +150,6 @@ class FastLayer:
         self.norm2 = layer.post_attention_layernorm.weight.detach().float()
         self.eps = layer.input_layernorm.eps
         self.heads, self.kv_heads, self.head_dim = layer.num_heads, layer.num_kv_heads, layer.head_dim
-        self.split = (self.heads * self.head_dim, self.kv_heads * self.head_dim,
-                      self.kv_heads * self.head_dim)
 
 
 class FastDecoder:
