@@ -72,8 +72,9 @@ class Adapter(nn.Module):
         x = features.flatten(2).transpose(1, 2)
         x = F.gelu(self.norm(self.linear(x)))
         x = self.down(F.silu(self.gate(x)) * self.up(x))
-        # Normalised in fp32 either way; an fp32 input keeps autocast's bf16 on the fused kernel.
-        return self.out_norm(x.float()).to(x.dtype)
+        # Normalised in fp32 whatever the weights' dtype (bf16 on a GPU) or autocast's.
+        norm = self.out_norm
+        return F.rms_norm(x.float(), norm.normalized_shape, norm.weight.float(), norm.eps).to(x.dtype)
 
     def word_logits(self, x: torch.Tensor, vocabulary: torch.Tensor) -> torch.Tensor:
         """Scaled cosine similarity of projected cells (..., width) to word embeddings (V, width)."""

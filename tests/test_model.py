@@ -231,3 +231,24 @@ def test_image_prompts_prefill_under_bf16_autocast_and_text_prompts_do_not(tiny_
     tiny_model.image_prefill_bf16 = False
     tiny_model.chat(image, "What is this?", max_new_tokens=2)
     assert seen == [True, True, False, False]
+
+
+def test_projection_normalised_in_fp32_in_any_dtype():
+    """bf16 weights (a GPU) and bf16 autocast both give the fp32 projection, without warnings."""
+    import warnings
+
+    from cogvlm_lite.adapter import Adapter, AdapterConfig
+
+    torch.manual_seed(0)
+    adapter = Adapter(AdapterConfig(), channels=4, grid=(2, 2), width=8, lm_intermediate=16)
+    features = torch.randn(2, 4, 2, 2)
+    with torch.no_grad():
+        reference = adapter.project(features)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                mixed = adapter.project(features)
+            half = adapter.to(torch.bfloat16).project(features.bfloat16())
+    assert mixed.dtype == half.dtype == torch.bfloat16
+    assert torch.allclose(mixed.float(), reference, rtol=0.05, atol=0.05)
+    assert torch.allclose(half.float(), reference, rtol=0.05, atol=0.05)
