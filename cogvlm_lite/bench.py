@@ -15,6 +15,7 @@ import json
 import platform
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,6 +26,16 @@ from PIL import Image
 
 FORMATS = ("fp32", "bf16", "int8", "int4")  # fused decode formats measured beside the exact path
 QUESTION = "Where is the dog in this picture? Answer in [[x0,y0,x1,y1]] format, please."
+
+
+class Figures(dict):
+    """The run's figures; each is also printed to stderr as it is measured, so a run cut short
+    (a timeout, Ctrl-C) still shows what it had measured."""
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        if key != "ratios":
+            print(f"bench: {key} = {value}", file=sys.stderr, flush=True)
 
 
 def synchronize() -> None:
@@ -68,9 +79,9 @@ def run_bench(tokens: int = 128, repeats: int = 3, quick: bool = False, device: 
     torch.manual_seed(0)
     device = torch.device(device)
     cuda = device.type == "cuda"
-    figures: dict = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-                     "torch": torch.__version__, "new_tokens": tokens, "repeats": repeats,
-                     "precision": "exact path (fp32), fused fp32/bf16/int8/int4 decode formats"}
+    figures = Figures(machine=f"{platform.machine()}, {torch.get_num_threads()} threads",
+                      torch=torch.__version__, new_tokens=tokens, repeats=repeats,
+                      precision="exact path (fp32), fused fp32/bf16/int8/int4 decode formats")
     if cuda:
         figures["machine"] = torch.cuda.get_device_name(device)
         figures["precision"] = "bf16 on CUDA, exact path"

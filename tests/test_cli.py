@@ -78,6 +78,8 @@ def test_bench_quick_json_has_stable_keys():
         assert key in figures, key
     assert figures["decode_tok_s"] > 0 and figures["decode_int8_tok_s"] > 0
     assert figures["train_tok_s"] > 0
+    # each figure is printed as it is measured: a run cut short still shows what it measured
+    assert f"bench: decode_tok_s = {figures['decode_tok_s']}" in out.stderr
     # fewer bytes per weight, a higher bandwidth ceiling
     ceilings = [figures[f"decode_{fmt}_ceiling_tok_s"] for fmt in ("fp32", "bf16", "int8", "int4")]
     assert ceilings == sorted(ceilings) and ceilings[0] > 0
