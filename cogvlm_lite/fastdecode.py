@@ -42,8 +42,9 @@ class PackedLinear:
         if fmt == "fp32":
             self.out_features = weight.shape[0]
             blocks = max(1, torch.get_num_threads())
-            weight = F.pad(weight, (0, 0, 0, -weight.shape[0] % blocks))
-            self.weight = weight.view(blocks, -1, weight.shape[1]).contiguous()
+            if weight.shape[0] % blocks or not weight.is_contiguous():  # else a view, no copy
+                weight = F.pad(weight, (0, 0, 0, -weight.shape[0] % blocks)).contiguous()
+            self.weight = weight.view(blocks, -1, weight.shape[1])
         elif fmt == "bf16":
             self.weight = weight.to(torch.bfloat16).contiguous()
             if self.weight.is_cpu and onednn_bf16():  # prepacked for oneDNN's one-row kernel
@@ -155,7 +156,9 @@ class FastLayer:
 class FastDecoder:
     """Single-token decoding for a `Decoder` (call it like one: ids (1, 1), position_ids (1, 1)).
 
-    It holds its own copies of the weights in `fmt` and shares the embeddings and rotary tables.
+    It holds its own copies of the weights in `fmt` (in `fp32`, the unfused matrices are views of
+    the decoder's own where their rows split evenly over the threads) and shares the embeddings
+    and rotary tables.
     """
 
     def __init__(self, decoder: Decoder, fmt: str = "fp32"):

@@ -65,6 +65,24 @@ def test_weight_bytes_count_what_one_token_reads(tiny_lm_dir):
     assert sizes["int4"] < sizes["int8"] < sizes["bf16"]
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_fp32_views_the_unfused_weights_instead_of_copying(tiny_lm_dir, threads):
+    decoder = Decoder.from_pretrained(tiny_lm_dir)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fast = FastDecoder(decoder, "fp32")
+    finally:
+        torch.set_num_threads(before)
+    layer, fast_layer = decoder.layers[0], fast.layers[0]
+    for packed, linear in [(fast_layer.o, layer.o_proj), (fast_layer.down, layer.down_proj),
+                           (fast.head, decoder.lm_head)]:
+        even = linear.weight.shape[0] % threads == 0  # rows that split evenly need no padding
+        assert (packed.weight.data_ptr() == linear.weight.data_ptr()) == even
+        assert torch.equal(packed.weight.reshape(-1, linear.in_features)[: linear.out_features],
+                           linear.weight)
+
+
 def test_unknown_format_is_a_clear_error(tiny_lm_dir):
     with pytest.raises(ValueError, match="decode format"):
         FastDecoder(Decoder.from_pretrained(tiny_lm_dir), "int3")
