@@ -43,6 +43,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--force", action="store_true", help="overwrite an existing data set")
     p.add_argument("--workers", type=int, default=1, help="processes drawing scenes (same files)")
+    p.add_argument("--wording", choices=("trained", "unseen"), default="trained",
+                   help="unseen: the same scenes and answers, every question worded as training "
+                        "data never is (to test robustness to new phrasings)")
     p.set_defaults(run=run_scenes)
 
     p = sub.add_parser("train", help="fine-tune the visual expert (+ adapter); resumable; torchrun-ready")
@@ -203,7 +206,7 @@ def run_scenes(args) -> int:
     from .scenes import write_dataset
 
     summary = write_dataset(args.out, args.n, args.seed, image_size=args.image_size,
-                            force=args.force, workers=args.workers)
+                            force=args.force, workers=args.workers, wording=args.wording)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

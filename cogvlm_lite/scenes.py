@@ -399,9 +399,12 @@ def _left_to_right(boxes: Sequence[Box]) -> list[Box]:
 class _View:
     """What the question writers need to know about one scene."""
 
-    def __init__(self, scene: Scene):
+    def __init__(self, scene: Scene, wording: str = "trained"):
         if not scene.objects:
             raise ValueError("a scene needs at least one object to ask about")
+        if wording not in WORDINGS:
+            raise ValueError(f"wording must be one of {WORDINGS}, not {wording!r}")
+        self.unseen = wording == "unseen"
         self.objects = scene.objects
         self.size = scene.image.size
         self.plurals = {c.name: c.plural for c in _vocabulary()}
@@ -416,6 +419,15 @@ class _View:
 
     def plural(self, name: str) -> str:
         return self.plurals.get(name, name + "s")
+
+    def say(self, rng: np.random.Generator, templates: tuple[str, ...]) -> str:
+        """One of `templates`; in the unseen wording, its counterpart in `UNSEEN_WORDINGS`.
+
+        Counterparts pair one to one and take the same random draw, so both wordings give the
+        same scenes, the same answers and the same choice of questions.
+        """
+        i = int(rng.integers(len(templates)))
+        return UNSEEN_WORDINGS[templates][i] if self.unseen else templates[i]
 
     def phrase(self, name: str) -> str:
         """'a dog' or 'two dogs'."""
@@ -536,6 +548,122 @@ _CAPTION = (
     "List the objects in the image.",
 )
 
+# Wordings the training data never uses, for testing how a model copes with new phrasings
+# (`--wording unseen`): each template tuple above -> as many unseen counterparts.
+UNSEEN_WORDINGS: dict[tuple[str, ...], tuple[str, ...]] = {
+    _REC: (
+        "Could you tell me where I can see the {n} in this picture, with its coordinates?",
+        "Point out the {n} with a box.",
+        "In which region of the picture is the {n}?",
+        "Mark the {n} with its bounding box, please.",
+        "Which part of the picture holds the {n}? Reply with a box.",
+        "I am looking for the {n}: give me its box.",
+        "Draw a box around the {n}.",
+        "Tell me the coordinates of the {n}.",
+    ),
+    _REC_ALL: (
+        "Mark every one of the {p} with a box.",
+        "Where in this picture are the {p}? Give a box for each.",
+        "Box each of the {p}.",
+        "Draw a box around each of the {p}.",
+        "Tell me the coordinates of every one of the {p}.",
+    ),
+    _REC_WHICH["left"]: ("the {n} nearest the left edge", "the {n} closest to the left side",
+                         "the {n} over on the left side"),
+    _REC_WHICH["right"]: ("the {n} nearest the right edge", "the {n} closest to the right side",
+                          "the {n} over on the right side"),
+    _REC_WHICH["top"]: ("the {n} nearest the top edge", "the {n} closest to the top side",
+                        "the {n} up near the top side"),
+    _REC_WHICH["bottom"]: ("the {n} nearest the bottom edge", "the {n} closest to the bottom side",
+                           "the {n} down near the bottom side"),
+    _REC_ONE: (
+        "Could you tell me where I can see {t}, with its coordinates?",
+        "Point out {t} with a box.",
+        "Mark {t} with its bounding box, please.",
+        "Draw a box around {t}.",
+    ),
+    _REG_BOX: (
+        "Tell me what the box {b} contains.",
+        "Which object does the region {b} hold?",
+        "Identify the thing inside {b}.",
+        "Tell me the name of whatever occupies {b}.",
+        "Which thing lies within {b}?",
+    ),
+    _REG_POINT: (
+        "Tell me what lies at the point {b}.",
+        "Which object is found at {b}?",
+        "Identify the thing at {b}.",
+        "Tell me the name of whatever is under the point {b}.",
+    ),
+    _COUNT: (
+        "Tell me how many {p} this picture holds.",
+        "What's the count of {p} here?",
+        "How many {p} does the picture show?",
+        "Tell me the number of {p} you can find.",
+        "Could you count how many {p} appear here?",
+    ),
+    _COUNT_ALL: (
+        "Tell me how many objects this picture holds.",
+        "How many things does the picture show?",
+        "Could you count the things in this picture?",
+    ),
+    _EXIST: (
+        "Does this picture show {a}?",
+        "Can {a} be found here?",
+        "Is {a} visible anywhere in the picture?",
+        "Would I find {a} in this picture?",
+        "Tell me whether {a} appears here.",
+    ),
+    _RELATION["left"]: ("Is the {a} further left than the {b}?", "Does the {a} sit left of the {b}?"),
+    _RELATION["right"]: ("Is the {a} further right than the {b}?", "Does the {a} sit right of the {b}?"),
+    _RELATION["above"]: ("Is the {a} placed over the {b}?", "Does the {a} sit higher up than the {b}?"),
+    _RELATION["below"]: ("Is the {a} placed under the {b}?", "Does the {a} sit lower down than the {b}?"),
+    _WHICH_OF_TWO["left"]: (
+        "Of the {a} and the {b}, which is nearer the left edge?",
+        "Between the {a} and the {b}, which sits more to the left?",
+    ),
+    _WHICH_OF_TWO["right"]: (
+        "Of the {a} and the {b}, which is nearer the right edge?",
+        "Between the {a} and the {b}, which sits more to the right?",
+    ),
+    _WHICH_OF_TWO["above"]: (
+        "Of the {a} and the {b}, which is nearer the top edge?",
+        "Between the {a} and the {b}, which sits higher up?",
+    ),
+    _WHICH_OF_TWO["below"]: (
+        "Of the {a} and the {b}, which is nearer the bottom edge?",
+        "Between the {a} and the {b}, which sits lower down?",
+    ),
+    _EXTREME["biggest"]: (
+        "Name the object that takes up the most space.",
+        "Which thing in the picture is the largest?",
+    ),
+    _EXTREME["smallest"]: (
+        "Name the object that takes up the least space.",
+        "Which thing in the picture is the smallest?",
+    ),
+    _EXTREME["left"]: ("Name the object nearest the left edge.", "Which thing sits furthest left?"),
+    _EXTREME["right"]: ("Name the object nearest the right edge.", "Which thing sits furthest right?"),
+    _EXTREME["top"]: ("Name the object nearest the top edge.", "Which thing sits highest?"),
+    _EXTREME["bottom"]: ("Name the object nearest the bottom edge.", "Which thing sits lowest?"),
+    _CORNER: ("Which thing occupies the {c} corner?", "Which thing sits in the {c} corner of the picture?"),
+    _GCAP: (
+        "Tell me what this picture shows, with a box for every object.",
+        "Describe this picture and box each thing you name.",
+        "Which objects does the picture hold? Give each one's coordinates.",
+        "Summarise this picture, giving the coordinates of each thing.",
+        "Tell me which things appear here and where, with boxes.",
+    ),
+    _CAPTION: (
+        "Tell me what this picture shows.",
+        "Which objects does the picture hold?",
+        "Give a short description of this picture.",
+        "Summarise this picture in one sentence.",
+        "Tell me which things appear in this picture.",
+    ),
+}
+WORDINGS = ("trained", "unseen")
+
 QA = tuple[str, str]
 
 
@@ -543,15 +671,15 @@ def _ask_rec(view: _View, rng: np.random.Generator) -> QA:
     dups = [n for n, boxes in view.groups.items() if len(boxes) > 1]
     if view.unique and (not dups or rng.random() < 0.6):
         name = _pick(rng, view.unique)
-        return _pick(rng, _REC).format(n=name), format_box(view.groups[name][0])
+        return view.say(rng, _REC).format(n=name), format_box(view.groups[name][0])
     name = _pick(rng, dups)
     boxes = view.groups[name]
     which = [d for d in _REC_WHICH if _extreme_of(boxes, d) is not None]
     if which and rng.random() < 0.6:
         direction = _pick(rng, which)
-        target = _pick(rng, _REC_WHICH[direction]).format(n=name)
-        return _pick(rng, _REC_ONE).format(t=target), format_box(_extreme_of(boxes, direction))
-    question = _pick(rng, _REC_ALL).format(n=name, p=view.plural(name))
+        target = view.say(rng, _REC_WHICH[direction]).format(n=name)
+        return view.say(rng, _REC_ONE).format(t=target), format_box(_extreme_of(boxes, direction))
+    question = view.say(rng, _REC_ALL).format(n=name, p=view.plural(name))
     return question, format_boxes(_left_to_right(boxes))
 
 
@@ -578,8 +706,8 @@ def _ask_reg(view: _View, rng: np.random.Generator) -> QA:
         if point is not None:
             width, height = view.size
             rel = ((point[0] + 0.5) / width, (point[1] + 0.5) / height)
-            return _pick(rng, _REG_POINT).format(b=format_point(rel)), answer
-    return _pick(rng, _REG_BOX).format(b=format_box(obj.box)), answer
+            return view.say(rng, _REG_POINT).format(b=format_point(rel)), answer
+    return view.say(rng, _REG_BOX).format(b=format_box(obj.box)), answer
 
 
 def _inner_point(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int] | None:
@@ -601,11 +729,11 @@ def _ask_count(view: _View, rng: np.random.Generator) -> QA:
     # Most classes appear once, so ask about all objects or a repeated class often enough
     # that the answer is not simply "1".
     if len(view.objects) > 1 and rng.random() < 0.4:
-        return _pick(rng, _COUNT_ALL), _count_answer(len(view.objects), "object", "objects")
+        return view.say(rng, _COUNT_ALL), _count_answer(len(view.objects), "object", "objects")
     repeated = [name for name, group in view.groups.items() if len(group) > 1]
     name = _pick(rng, repeated if repeated and rng.random() < 0.8 else list(view.groups))
     plural = view.plural(name)
-    question = _pick(rng, _COUNT).format(p=plural)
+    question = view.say(rng, _COUNT).format(p=plural)
     return question, _count_answer(len(view.groups[name]), name, plural)
 
 
@@ -615,7 +743,7 @@ def _ask_exist(view: _View, rng: np.random.Generator) -> QA:
     else:
         absent = [c.name for c in _vocabulary() if c.name not in view.groups]
         name, answer = _pick(rng, absent), "No."
-    return _pick(rng, _EXIST).format(a=_a(name)), answer
+    return view.say(rng, _EXIST).format(a=_a(name)), answer
 
 
 def _relation(a: Box, b: Box, direction: str) -> bool:
@@ -662,8 +790,8 @@ def _ask_relation(view: _View, rng: np.random.Generator) -> QA | None:
     a, b, direction = _pick(rng, pairs)
     if rng.random() < 0.5:  # ask the opposite relation: the answer is "No."
         opposite = {"left": "right", "right": "left", "above": "below", "below": "above"}
-        return _pick(rng, _RELATION[opposite[direction]]).format(a=a, b=b), "No."
-    return _pick(rng, _RELATION[direction]).format(a=a, b=b), "Yes."
+        return view.say(rng, _RELATION[opposite[direction]]).format(a=a, b=b), "No."
+    return view.say(rng, _RELATION[direction]).format(a=a, b=b), "Yes."
 
 
 def _ask_which_of_two(view: _View, rng: np.random.Generator) -> QA | None:
@@ -672,7 +800,7 @@ def _ask_which_of_two(view: _View, rng: np.random.Generator) -> QA | None:
         return None
     a, b, direction = _pick(rng, pairs)
     first, second = (a, b) if rng.random() < 0.5 else (b, a)
-    return _pick(rng, _WHICH_OF_TWO[direction]).format(a=first, b=second), f"The {a}."
+    return view.say(rng, _WHICH_OF_TWO[direction]).format(a=first, b=second), f"The {a}."
 
 
 def _ask_extreme(view: _View, rng: np.random.Generator) -> QA | None:
@@ -693,7 +821,7 @@ def _ask_extreme(view: _View, rng: np.random.Generator) -> QA | None:
     if not options:
         return None
     kind, name = _pick(rng, options)
-    return _pick(rng, _EXTREME[kind]), f"The {name}."
+    return view.say(rng, _EXTREME[kind]), f"The {name}."
 
 
 def _ask_corner(view: _View, rng: np.random.Generator) -> QA | None:
@@ -714,7 +842,7 @@ def _ask_corner(view: _View, rng: np.random.Generator) -> QA | None:
     if not options:
         return None
     corner, name = _pick(rng, options)
-    return _pick(rng, _CORNER).format(c=corner), f"The {name}."
+    return view.say(rng, _CORNER).format(c=corner), f"The {name}."
 
 
 def _ask_gcap(view: _View, rng: np.random.Generator) -> QA:
@@ -722,11 +850,11 @@ def _ask_gcap(view: _View, rng: np.random.Generator) -> QA:
         f"{view.phrase(name)} {format_boxes(_left_to_right(view.groups[name]))}"
         for name in view.ordered
     ]
-    return _pick(rng, _GCAP), _capital(_join(parts)) + "."
+    return view.say(rng, _GCAP), _capital(_join(parts)) + "."
 
 
 def _ask_caption(view: _View, rng: np.random.Generator) -> QA:
-    return _pick(rng, _CAPTION), _capital(_join([view.phrase(n) for n in view.ordered])) + "."
+    return view.say(rng, _CAPTION), _capital(_join([view.phrase(n) for n in view.ordered])) + "."
 
 
 _ASKERS: dict[str, Callable[[_View, np.random.Generator], QA | None]] = {
@@ -765,13 +893,13 @@ def _ask_some(
     return "exist", _ask_exist(view, rng)  # always applies
 
 
-def scene_conversations(scene: Scene, rng: np.random.Generator) -> list[dict]:
+def scene_conversations(scene: Scene, rng: np.random.Generator, wording: str = "trained") -> list[dict]:
     """3-5 conversations about `scene`: mostly one turn, about a quarter 2-4 turns of mixed kinds.
 
     Each is ``{"kind": ..., "messages": [{"role": "user", ...}, {"role": "assistant", ...}]}``;
     ``kind`` is the task type, or ``"multi"`` for a conversation of several turns.
     """
-    view = _View(scene)
+    view = _View(scene, wording)
     conversations = []
     for _ in range(int(rng.integers(3, 6))):
         turns = int(rng.integers(2, 5)) if rng.random() < 0.25 else 1
@@ -786,12 +914,12 @@ def scene_conversations(scene: Scene, rng: np.random.Generator) -> list[dict]:
     return conversations
 
 
-def scene_questions(scene: Scene, rng: np.random.Generator) -> list[dict]:
+def scene_questions(scene: Scene, rng: np.random.Generator, wording: str = "trained") -> list[dict]:
     """VQA items about `scene`: one ``rec`` and three other task types, when they apply.
 
     Each is ``{"question": ..., "answer": ..., "type": ...}``.
     """
-    view = _View(scene)
+    view = _View(scene, wording)
     others = [TASK_TYPES[i] for i in rng.permutation(len(TASK_TYPES)) if TASK_TYPES[i] != "rec"]
     items = []
     for kind in ["rec", *others]:
@@ -842,7 +970,8 @@ class _AtomicLines:
         self.tmp.unlink(missing_ok=True)
 
 
-def _write_scene(out: Path, i: int, seed: int, image_size: int) -> tuple[list[dict], list[dict]]:
+def _write_scene(out: Path, i: int, seed: int, image_size: int,
+                 wording: str) -> tuple[list[dict], list[dict]]:
     """Draw scene `i`, save its image under `out`; its (conversations, questions) records."""
     scene = make_scene(np.random.default_rng([seed, i, 0]), image_size)
     image = f"images/{i:06d}.png"
@@ -850,10 +979,10 @@ def _write_scene(out: Path, i: int, seed: int, image_size: int) -> tuple[list[di
     objects = [{"name": o.name, "box": _rounded(o.box)} for o in scene.objects]
     conversations = [
         {"image": image, "messages": conv["messages"], "kind": conv["kind"], "objects": objects}
-        for conv in scene_conversations(scene, np.random.default_rng([seed, i, 1]))
+        for conv in scene_conversations(scene, np.random.default_rng([seed, i, 1]), wording)
     ]
     questions, per_type = [], Counter()
-    for item in scene_questions(scene, np.random.default_rng([seed, i, 2])):
+    for item in scene_questions(scene, np.random.default_rng([seed, i, 2]), wording):
         kind = item["type"]
         questions.append({"id": f"{i:06d}-{kind}-{per_type[kind]}", "image": image, **item})
         per_type[kind] += 1
@@ -862,7 +991,7 @@ def _write_scene(out: Path, i: int, seed: int, image_size: int) -> tuple[list[di
 
 def write_dataset(
     out: str | Path, n: int, seed: int = 0, *, image_size: int = 256, force: bool = False,
-    workers: int = 1,
+    workers: int = 1, wording: str = "trained",
 ) -> dict:
     """Write `n` scenes into `out`: ``images/``, ``train.jsonl`` and ``questions.jsonl``.
 
@@ -870,11 +999,15 @@ def write_dataset(
     ``questions.jsonl`` VQA items (``{"id", "image", "question", "answer", "type"}``); image
     paths are relative to `out`. The same `seed` and `n` give byte-identical files, and scene
     ``i`` depends only on ``(seed, i)``. Refuses to write over an existing data set unless
-    `force`. `workers` > 1 draws scenes in that many processes (same files). Returns a summary:
-    paths and counts per task type.
+    `force`. `workers` > 1 draws scenes in that many processes (same files). `wording="unseen"`
+    asks every question in a wording the trained one never uses (`UNSEEN_WORDINGS`): the same
+    scenes and answers, to test robustness to new phrasings. Returns a summary: paths and counts
+    per task type.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1 scene, got {n}")
+    if wording not in WORDINGS:
+        raise ValueError(f"wording must be one of {WORDINGS}, not {wording!r}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} is a file; --out must be a directory for the data set")
@@ -896,7 +1029,8 @@ def write_dataset(
     types: Counter[str] = Counter()
     try:
         with _scene_map(workers) as map_:
-            draw = functools.partial(_write_scene, out, seed=seed, image_size=image_size)
+            draw = functools.partial(_write_scene, out, seed=seed, image_size=image_size,
+                                     wording=wording)
             for conversations, items in map_(draw, range(n)):
                 for record in conversations:
                     kinds[record["kind"]] += 1

@@ -15,6 +15,7 @@ from cogvlm_lite.scenes import (
     BACKGROUNDS,
     MAX_IOU,
     TASK_TYPES,
+    UNSEEN_WORDINGS,
     Scene,
     background,
     make_scene,
@@ -169,6 +170,38 @@ def test_same_seed_gives_identical_files_and_prefixes(tmp_path):
         assert (tmp_path / "short" / image).read_bytes() == (tmp_path / "a" / image).read_bytes()
         assert (tmp_path / "other" / image).read_bytes() != (tmp_path / "a" / image).read_bytes()
     assert short["scenes"] == 3 and other["seed"] == 1
+
+
+def _template_pattern(template: str) -> re.Pattern:
+    """A template as a regex: its placeholders ({n}, {p}, {a}, ...) match any text."""
+    return re.compile(re.sub(r"\\\{\w\\\}", ".+", re.escape(template)))
+
+
+def test_unseen_wording_asks_the_same_things_in_new_words(tmp_path, dataset):
+    trained_dir, trained = dataset
+    unseen_dir = tmp_path / "unseen"
+    unseen = write_dataset(unseen_dir, 20, seed=0, wording="unseen")
+    assert unseen["question_types"] == trained["question_types"]
+    assert _files(unseen_dir)["images/000007.png"] == _files(trained_dir)["images/000007.png"]
+    assert all(len(new) == len(old) for old, new in UNSEEN_WORDINGS.items())  # one to one
+    patterns = [_template_pattern(t) for templates in UNSEEN_WORDINGS for t in templates]
+
+    def asked(out: Path) -> list[tuple[str, str]]:
+        """Every (question, answer): the VQA items, then each turn of every conversation."""
+        pairs = [(q["question"], q["answer"]) for q in _read_jsonl(out / "questions.jsonl")]
+        for conversation in _read_jsonl(out / "train.jsonl"):
+            m = conversation["messages"]
+            pairs += [(m[i]["content"], m[i + 1]["content"]) for i in range(0, len(m), 2)]
+        return pairs
+
+    old, new = asked(trained_dir), asked(unseen_dir)
+    assert [a for _, a in new] == [a for _, a in old]  # the same answers, in the same order
+    for question, _ in old:
+        assert any(p.fullmatch(question) for p in patterns), question
+    for question, _ in new:
+        assert not any(p.fullmatch(question) for p in patterns), question
+    with pytest.raises(ValueError, match="wording"):
+        write_dataset(tmp_path / "bad", 1, wording="novel")
 
 
 def test_refuses_to_overwrite_without_force(tmp_path):
