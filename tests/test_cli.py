@@ -26,6 +26,22 @@ def test_help_lists_the_commands():
         assert command in out.stdout
 
 
+def test_option_choices_match_the_modules_that_take_them():
+    """The parser spells some choices out (so --help imports neither torch nor the scene
+    drawing); they must stay those the modules accept."""
+    from cogvlm_lite.cli import build_parser
+    from cogvlm_lite.model import DECODE_CHOICES
+    from cogvlm_lite.scenes import WORDINGS
+
+    parser, _ = build_parser()
+    scenes = parser.parse_args(["scenes", "--n", "1", "--out", "x"])
+    assert scenes.wording == WORDINGS[0]
+    for option, expected in (("--wording", WORDINGS), ("--decode", DECODE_CHOICES)):
+        actions = [a for sub in parser._subparsers._group_actions for p in sub.choices.values()
+                   for a in p._actions if option in a.option_strings]
+        assert actions and all(tuple(a.choices) == tuple(expected) for a in actions), option
+
+
 def test_chat_on_a_piped_conversation(tiny_checkpoint, tmp_path):
     picture = tmp_path / "a.png"
     Image.fromarray(np.full((40, 50, 3), 200, np.uint8)).save(picture)
