@@ -178,14 +178,28 @@ def collate(items: list[Encoded], pad_id: int):
 class BatchSampler:
     """Deterministic global batches over epochs; each rank takes its share of every batch.
 
-    The position is the number of global batches drawn, so saving and restoring it resumes
+    With `lengths` and `groups` > 1, the samples of `groups` consecutive optimizer steps are
+    drawn as one window, sorted by length, cut into steps and served in a shuffled order: each
+    step then holds conversations of similar length, so little of it is padding, and the data
+    seen over a window is the same as without grouping. A step is `micro_batches` batches
+    (gradient accumulation); grouping never changes which samples share a step.
+
+    The position is the number of (micro-)batches drawn, so saving and restoring it resumes
     exactly where an unbroken run would be.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 lengths: list[int] | None = None, groups: int = 1, micro_batches: int = 1):
         if batch_size % world:
             raise ValueError(f"batch size {batch_size} must divide evenly over {world} processes")
+        if groups < 1:
+            raise ValueError(f"length groups must be at least 1, not {groups}")
+        if groups > 1 and (lengths is None or len(lengths) != n):
+            raise ValueError("grouping batches by length needs the length of every sample")
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        # A window holds at most one pass over the data, so a step never repeats a sample.
+        self.groups = max(1, min(groups, n // (batch_size * micro_batches)))
+        self.lengths, self.micro_batches = lengths, micro_batches
         self.position = 0
         self._epoch, self._order = -1, None
 
@@ -195,21 +209,36 @@ class BatchSampler:
             self._order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
         return self._order
 
+    def _drawn(self, start: int, count: int) -> list[int]:
+        """`count` sample indices from position `start` of the endless shuffled sequence."""
+        return [int(self._order_of(k // self.n)[k % self.n]) for k in range(start, start + count)]
+
     def next(self) -> list[int]:
-        start = self.position * self.batch_size
-        indices = []
-        for k in range(start, start + self.batch_size):
-            indices.append(int(self._order_of(k // self.n)[k % self.n]))
+        size, groups, micro = self.batch_size, self.groups, self.micro_batches
+        if groups == 1:
+            indices = self._drawn(self.position * size, size)
+        else:
+            step, part = divmod(self.position, micro)
+            window, slot = divmod(step, groups)
+            span = groups * micro * size
+            drawn = sorted(self._drawn(window * span, span), key=self.lengths.__getitem__)
+            served = np.random.default_rng([self.seed, window, 1]).permutation(groups)[slot]
+            start = (served * micro + part) * size
+            indices = drawn[start : start + size]
         self.position += 1
         return indices[self.rank :: self.world]
 
     def state_dict(self) -> dict:
-        return {"position": self.position, "seed": self.seed, "n": self.n}
+        return {"position": self.position, "seed": self.seed, "n": self.n, "groups": self.groups,
+                "micro_batches": self.micro_batches}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["n"] != self.n or state["seed"] != self.seed:
-            raise ValueError("the data or seed changed since this run was saved; resume with "
-                             "the same --data and --seed, or start a new run")
+        groups = state.get("groups", 1)  # ungrouped, the order ignores the micro-batches
+        saved = state["n"], state["seed"], groups, state.get("micro_batches", 1) * (groups > 1)
+        if saved != (self.n, self.seed, self.groups, self.micro_batches * (self.groups > 1)):
+            raise ValueError("the data, seed or length grouping changed since this run was saved; "
+                             "resume with the same --data, --seed, --length-groups and "
+                             "--grad-accum, or start a new run")
         self.position = state["position"]
 
 
@@ -218,7 +247,7 @@ def encode_images(model, paths: list[Path], batch: int = 32, dtype=torch.bfloat1
                   progress: bool = False) -> torch.Tensor:
     """Frozen-encoder features of every image, computed once: (N, C, h, w).
 
-    Images are decoded by a few threads (Pillow decodes without holding the GIL).
+    Images are decoded by one thread per core (Pillow decodes without holding the GIL).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -226,7 +255,7 @@ def encode_images(model, paths: list[Path], batch: int = 32, dtype=torch.bfloat1
 
     out = []
     chunks = range(0, len(paths), batch)
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         for start in tqdm(chunks, desc="encoding images", disable=not progress, unit="batch"):
             names = [str(p) for p in paths[start : start + batch]]
             pixels = torch.cat(list(pool.map(model.pixels, names)))

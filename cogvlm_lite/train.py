@@ -76,6 +76,7 @@ class TrainConfig:
     save_dtype: str = "float32"  # of the exported checkpoint; "bfloat16" halves its size
     cache_features: bool = True
     pack: bool = False  # merge the conversations about one image into multi-turn ones
+    length_groups: int = 16  # batches drawn together and sorted by length (less padding); 1: off
     prealign_epochs: int = 0  # adapter head start on object-name embeddings (scenes data)
     skip_bad: bool = False
     device: str = "auto"
@@ -144,7 +145,9 @@ class Trainer:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.sampler = BatchSampler(len(self.data), cfg.batch_size // cfg.grad_accum, cfg.seed,
-                                    self.rank, self.world)
+                                    self.rank, self.world, groups=cfg.length_groups,
+                                    micro_batches=cfg.grad_accum,
+                                    lengths=[len(x.input_ids) for x in self.data.items])
         self.step = 0
         self.net = model
         if self.world > 1:

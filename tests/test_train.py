@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from cogvlm_lite.data import BatchSampler, read_conversations
@@ -121,6 +122,36 @@ def test_sampler_shares_and_resumes():
     again = BatchSampler(10, 4, seed=1)
     again.load_state_dict(full.state_dict())
     assert again.next() == full.next()
+
+
+def test_length_groups_cut_padding_and_keep_the_data():
+    lengths = [int(x) for x in np.random.default_rng(0).integers(10, 500, 200)]
+    plain = BatchSampler(200, 8, seed=3)
+    grouped = BatchSampler(200, 8, seed=3, lengths=lengths, groups=5)
+    a = [plain.next() for _ in range(10)]
+    b = [grouped.next() for _ in range(10)]
+    for w in (0, 5):  # each window of 5 batches holds the same samples, regrouped
+        assert sorted(sum(a[w:w + 5], [])) == sorted(sum(b[w:w + 5], []))
+
+    def padded(batches):
+        return sum(len(x) * max(lengths[i] for i in x) for x in batches)
+    assert padded(b) < 0.75 * padded(a)
+    again = BatchSampler(200, 8, seed=3, lengths=lengths, groups=5)
+    again.load_state_dict({**grouped.state_dict(), "position": 3})
+    assert again.next() == b[3]
+    halves = [BatchSampler(200, 8, seed=3, rank=r, world=2, lengths=lengths, groups=5)
+              for r in (0, 1)]
+    assert sorted(halves[0].next() + halves[1].next()) == sorted(b[0])
+    halves = BatchSampler(200, 4, seed=3, lengths=lengths, groups=5, micro_batches=2)
+    for step in b[:6]:  # gradient accumulation: the same steps, each in two micro-batches
+        assert sorted(halves.next() + halves.next()) == sorted(step)
+    with pytest.raises(ValueError, match="length grouping changed"):
+        plain.load_state_dict(grouped.state_dict())
+    with pytest.raises(ValueError, match="length grouping changed"):
+        halves.load_state_dict(BatchSampler(200, 4, seed=3, lengths=lengths, groups=5).state_dict())
+    assert BatchSampler(20, 8, seed=3, lengths=lengths[:20], groups=5).groups == 2  # one pass
+    with pytest.raises(ValueError, match="needs the length of every sample"):
+        BatchSampler(200, 8, seed=3, groups=5)
 
 
 def test_bad_lines_name_the_file_and_line(tmp_path, scenes):
