@@ -87,6 +87,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--device", default="cpu", help="cpu, or cuda for the same figures on a GPU (bf16)")
     p.set_defaults(run=run_bench)
 
+    p = sub.add_parser("shrink", help="cut a checkpoint's low-rank expert to a smaller rank (SVD)")
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the embedded model)")
+    p.add_argument("--rank", type=int, required=True, help="the new, smaller rank")
+    p.add_argument("--out", required=True, help="folder of the new checkpoint")
+    p.add_argument("--save-dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--force", action="store_true", help="replace a checkpoint already in --out")
+    p.set_defaults(run=run_shrink)
+
     return parser, train_parser
 
 
@@ -255,6 +263,27 @@ def run_bench(args) -> int:
     from .bench import main as bench
 
     bench(args.json, args.quick, args.tokens, args.repeats, args.device)
+    return 0
+
+
+def run_shrink(args) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from .model import CONFIG_NAME, WEIGHTS_NAME, load_model
+
+    out = Path(args.out)
+    if not args.force and ((out / CONFIG_NAME).exists() or (out / WEIGHTS_NAME).exists()):
+        raise ValueError(f"{out} already holds a checkpoint; pass --force to replace it")
+    model = load_model(args.checkpoint, device="cpu", dtype=torch.float32)
+    kept = model.shrink_expert(args.rank)
+    model.save_pretrained(out, getattr(torch, args.save_dtype))
+    print(json.dumps({"out": str(out), "rank": args.rank,
+                      "trainable_parameters": model.parameter_counts()["trainable"],
+                      "smallest_energy_kept": round(kept, 6),
+                      "megabytes": round((out / WEIGHTS_NAME).stat().st_size / 1e6, 2)}))
     return 0
 
 

@@ -93,3 +93,28 @@ def add_visual_experts(decoder: Decoder, config: ExpertConfig) -> None:
     """Give every decoder layer a visual expert (trainable; the language weights stay frozen)."""
     for layer in decoder.layers:
         layer.expert = VisualExpert(layer, config).requires_grad_(True)
+
+
+@torch.no_grad()
+def shrink_experts(decoder: Decoder, rank: int) -> float:
+    """Cut every low-rank delta `B @ A` to its best rank-`rank` approximation (by SVD).
+
+    Trained deltas use far fewer directions than they are given, so a smaller rank often keeps
+    nearly all of them. Returns the smallest share of a delta's energy (squared Frobenius norm)
+    kept.
+    """
+    kept = 1.0
+    for layer in decoder.layers:
+        parts = layer.expert.parts
+        for name, delta in parts.items():
+            up, down = delta.up.weight, delta.down.weight
+            u, s, vh = torch.linalg.svd(up.double() @ down.double(), full_matrices=False)
+            total = float((s**2).sum())
+            if total > 0:
+                kept = min(kept, float((s[:rank] ** 2).sum()) / total)
+            root = s[:rank].sqrt()
+            small = LowRankDelta(getattr(layer, name), rank).to(up.device, up.dtype)
+            small.up.weight.copy_(u[:, :rank] * root)
+            small.down.weight.copy_(root[:, None] * vh[:rank])
+            parts[name] = small.requires_grad_(up.requires_grad)
+    return kept

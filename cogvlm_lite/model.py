@@ -26,7 +26,7 @@ from torch import nn
 from .adapter import Adapter, AdapterConfig
 from .conversation import IGNORE, IMAGE_TOKEN_ID, ConversationBuilder, as_messages
 from .decoder import Decoder, num_params
-from .expert import ExpertConfig, Route, add_visual_experts
+from .expert import ExpertConfig, Route, add_visual_experts, shrink_experts
 from .fastdecode import FORMATS, FastDecoder
 from .generation import GenerationConfig, decode_tokens
 from .images import load_image
@@ -387,6 +387,19 @@ class VisionLanguageModel(nn.Module):
         meta = {"config": self.config.to_dict(), "base": self.fingerprint(),
                 "trainable_parameters": sum(v.numel() for v in state.values())}
         atomic_write(path / CONFIG_NAME, lambda f: Path(f).write_text(json.dumps(meta, indent=2)))
+
+    def shrink_expert(self, rank: int) -> float:
+        """Cut the low-rank expert to `rank` (see `expert.shrink_experts`); returns the smallest
+        share of a delta's energy kept (1.0: nothing lost)."""
+        expert = self.config.expert
+        if expert.kind != "lowrank":
+            raise ValueError(f"only a low-rank expert can be shrunk; this one is {expert.kind!r}")
+        if not 1 <= rank < expert.rank:
+            raise ValueError(f"the expert is already rank {expert.rank}; give a rank from 1 to "
+                             f"{expert.rank - 1}")
+        kept = shrink_experts(self.lm, rank)
+        expert.rank = rank
+        return kept
 
     def parameter_counts(self) -> dict[str, int]:
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -1,5 +1,6 @@
 """The command line: every subcommand exercised in a real subprocess."""
 
+import json
 import subprocess
 import sys
 
@@ -22,7 +23,7 @@ def tiny_checkpoint(tiny_model, tmp_path):
 def test_help_lists_the_commands():
     out = cli("--help")
     assert out.returncode == 0
-    for command in ("chat", "scenes", "train", "vqa", "eval", "serve", "bench"):
+    for command in ("chat", "scenes", "train", "vqa", "eval", "serve", "bench", "shrink"):
         assert command in out.stdout
 
 
@@ -106,3 +107,20 @@ def test_bench_quick_json_has_stable_keys():
         "transformers_bf16_vs_ceiling",
         "decode_int8_vs_llama_cpp_q4_1", "decode_int4_vs_llama_cpp_q4_1",
         "train_vs_lm_forward_backward"}
+
+
+def test_shrink_writes_a_smaller_checkpoint_and_refuses_to_overwrite(tiny_checkpoint, tmp_path):
+    from cogvlm_lite.model import load_model
+
+    out = tmp_path / "small"
+    args = ("shrink", "--checkpoint", str(tiny_checkpoint), "--rank", "2", "--out", str(out))
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["rank"] == 2 and summary["smallest_energy_kept"] == 1.0  # untrained: zero
+    assert load_model(out, device="cpu").config.expert.rank == 2
+    again = cli(*args)
+    assert again.returncode == 1 and "already holds a checkpoint" in again.stderr
+    same = cli("shrink", "--checkpoint", str(tiny_checkpoint), "--rank", "4", "--out",
+               str(tmp_path / "same"))
+    assert same.returncode == 1 and "already rank 4" in same.stderr

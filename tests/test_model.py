@@ -252,3 +252,37 @@ def test_projection_normalised_in_fp32_in_any_dtype():
     assert mixed.dtype == half.dtype == torch.bfloat16
     assert torch.allclose(mixed.float(), reference, rtol=0.05, atol=0.05)
     assert torch.allclose(half.float(), reference, rtol=0.05, atol=0.05)
+
+
+def test_shrinking_the_expert_keeps_what_its_deltas_use(tiny_model, tmp_path):
+    """Deltas of rank 2 stored at rank 4: shrinking to 2 keeps the model's outputs; to 1, not."""
+    with torch.no_grad():
+        for layer in tiny_model.lm.layers:
+            for part in layer.expert.parts.values():
+                part.up.weight.normal_(0, 0.5)
+                part.up.weight[:, 2:] = 0
+    ids = prompt_with_image(tiny_model)
+    with torch.no_grad():
+        before = tiny_model(input_ids=ids, images=[image()]).logits
+    tiny_model.save_pretrained(tmp_path / "rank4")
+    assert tiny_model.shrink_expert(2) == pytest.approx(1.0)
+    assert tiny_model.config.expert.rank == 2
+    with torch.no_grad():
+        assert torch.allclose(tiny_model(input_ids=ids, images=[image()]).logits, before,
+                              atol=1e-4)
+    tiny_model.save_pretrained(tmp_path / "rank2")
+    loaded = load_model(tmp_path / "rank2", device="cpu")
+    assert loaded.config.expert.rank == 2
+    assert (tmp_path / "rank2/model.safetensors").stat().st_size < \
+        (tmp_path / "rank4/model.safetensors").stat().st_size
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids=ids, images=[image()]).logits, before, atol=1e-4)
+    assert tiny_model.shrink_expert(1) < 0.99  # half of each delta is gone
+    with pytest.raises(ValueError, match="already rank 1"):
+        tiny_model.shrink_expert(1)
+
+
+def test_shrinking_needs_a_low_rank_expert(tiny_lm_dir, tiny_encoder_file):
+    full = build_model(tiny_config(tiny_lm_dir, tiny_encoder_file, kind="full"), device="cpu")
+    with pytest.raises(ValueError, match="only a low-rank expert"):
+        full.shrink_expert(2)
