@@ -147,7 +147,8 @@ class Trainer:
         self.sampler = BatchSampler(len(self.data), cfg.batch_size // cfg.grad_accum, cfg.seed,
                                     self.rank, self.world, groups=cfg.length_groups,
                                     micro_batches=cfg.grad_accum,
-                                    lengths=[len(x.input_ids) for x in self.data.items])
+                                    lengths=[self.data.tokens(i, model.adapter.num_tokens)
+                                             for i in range(len(self.data))])
         self.step = 0
         self.net = model
         if self.world > 1:
