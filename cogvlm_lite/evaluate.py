@@ -12,7 +12,10 @@ and dropping the articles a/an/the. Box matches need IoU > 0.5 (strictly), every
 - ``rec`` (referring expression -> box): the answer's boxes are merged into their enclosing box,
   and so are the reference's; correct when their IoU > 0.5 (Acc@0.5). For references with several
   boxes ("all the dogs") the unmerged boxes are also matched one to one (greedy by IoU) and
-  pooled into ``multi_precision`` and ``multi_recall``.
+  pooled into ``multi_precision`` and ``multi_recall``. Acc@0.5 is also split by the size of the
+  (merged) reference box's longer side in the 0-999 grid: ``small`` under 200 (a fifth of the
+  image), ``medium`` under 300, ``large`` from 300 on; ``n_small``, ``n_medium``, ``n_large``
+  count them.
 - ``reg`` (region -> name), ``spatial``, ``caption`` and any other type: normalised exact match;
   a ``spatial`` reference that is just "Yes." or "No." is scored like ``exist``.
 - ``count``: the first number in the answer (digits, or a word from zero to twenty) equals the
@@ -28,7 +31,8 @@ and dropping the articles a/an/the. Box matches need IoU > 0.5 (strictly), every
 
     {
       "<type>": {"n", "correct", "missing", "accuracy"},   # one entry per type present
-      "rec":  {... also "acc@0.5" (= accuracy), "n_multi", "multi_precision", "multi_recall"},
+      "rec":  {... also "acc@0.5" (= accuracy), "n_multi", "multi_precision", "multi_recall",
+               "n_small", "acc_small", "n_medium", "acc_medium", "n_large", "acc_large"},
       "gcap": {... also "box_precision", "box_recall", "named_precision", "named_recall"},
       "overall": {"n", "correct", "accuracy"},             # over all questions
       "missing": int,       # questions with no prediction (scored as wrong)
@@ -37,7 +41,8 @@ and dropping the articles a/an/the. Box matches need IoU > 0.5 (strictly), every
 
 Types come in the order rec, reg, count, exist, spatial, gcap, caption, then others by name;
 a question without a type is scored as ``other``. A rate whose items are all absent
-(``multi_*`` with no multi-box reference) is ``null``; precision over no predicted box is 0.
+(``multi_*`` with no multi-box reference, ``acc_small`` with no small box) is ``null``;
+precision over no predicted box is 0.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ log = logging.getLogger(__name__)
 
 TASK_TYPES = ("rec", "reg", "count", "exist", "spatial", "gcap", "caption")
 IOU_THRESHOLD = 0.5  # a box matches when IoU > this
+SIZES = (("small", 200), ("medium", 300), ("large", None))  # rec: reference box's longer side
 
 _GROUP = re.compile(r"\[\[[^\[\]]*\]\]")
 _NOT_WORD = re.compile(r"[^\w\s]|_")
@@ -354,7 +360,11 @@ def _score_one(kind: str, qid: str, reference: str, prediction: str, tally: _Tal
         if len(ref_boxes) > 1:
             tally.add(n_multi=1, multi_matched=match_boxes(boxes, ref_boxes),
                       multi_predicted=len(boxes), multi_reference=len(ref_boxes))
-        return bool(boxes) and iou(merge_boxes(boxes), merge_boxes(ref_boxes)) > IOU_THRESHOLD
+        reference_box = merge_boxes(ref_boxes)
+        right = bool(boxes) and iou(merge_boxes(boxes), reference_box) > IOU_THRESHOLD
+        size = size_name(reference_box)
+        tally.add(**{f"n_{size}": 1, f"correct_{size}": right})
+        return right
     if kind == "gcap":
         ref = _named_boxes(reference)
         pred = _named_boxes(prediction)
@@ -377,6 +387,12 @@ def _score_one(kind: str, qid: str, reference: str, prediction: str, tally: _Tal
             return normalize(prediction) == normalize(reference)
         return first_yes_no(prediction) == answer
     return normalize(prediction) == normalize(reference)
+
+
+def size_name(box: Box) -> str:
+    """"small", "medium" or "large" (`SIZES`) by the box's longer side in the 0-999 grid."""
+    side = round(1000 * max(box[2] - box[0], box[3] - box[1]))
+    return next(name for name, below in SIZES if below is None or side < below)
 
 
 def _precision(matched: int, predicted: int, items: int) -> float | None:
@@ -427,6 +443,9 @@ def score(questions: Sequence[dict], predictions: Sequence[dict]) -> dict:
             entry["multi_precision"] = _precision(c.get("multi_matched", 0),
                                                   c.get("multi_predicted", 0), n_multi)
             entry["multi_recall"] = _ratio(c.get("multi_matched", 0), c.get("multi_reference", 0))
+            for size, _ in SIZES:
+                entry[f"n_{size}"] = c.get(f"n_{size}", 0)
+                entry[f"acc_{size}"] = _ratio(c.get(f"correct_{size}", 0), entry[f"n_{size}"])
         elif kind == "gcap":
             predicted, reference = c.get("box_predicted", 0), c.get("box_reference", 0)
             entry["box_precision"] = _precision(c.get("box_matched", 0), predicted, t.n)

@@ -78,7 +78,10 @@ PREDICTIONS = {
 
 EXPECTED = {
     "rec": {"n": 5, "correct": 3, "missing": 1, "accuracy": 3 / 5, "acc@0.5": 3 / 5, "n_multi": 1,
-            "multi_precision": 2 / 3, "multi_recall": 2 / 3},
+            "multi_precision": 2 / 3, "multi_recall": 2 / 3,
+            # BOX's longer side is 0.2 of the image (medium); MULTI's merged box 0.7 (large)
+            "n_small": 0, "acc_small": None, "n_medium": 4, "acc_medium": 2 / 4,
+            "n_large": 1, "acc_large": 1.0},
     "reg": {"n": 2, "correct": 1, "missing": 0, "accuracy": 1 / 2},
     "count": {"n": 3, "correct": 2, "missing": 0, "accuracy": 2 / 3},
     "exist": {"n": 2, "correct": 1, "missing": 0, "accuracy": 1 / 2},
@@ -110,8 +113,10 @@ def test_perfect_predictions_score_one_everywhere():
     assert result["missing"] == 0 and result["unknown_ids"] == 0
     for kind, entry in result.items():
         if isinstance(entry, dict):
-            rates = {k: v for k, v in entry.items() if k not in ("n", "correct", "missing", "n_multi")}
-            assert rates and all(v == 1.0 for v in rates.values()), (kind, entry)
+            rates = {k: v for k, v in entry.items()
+                     if not (k.startswith("n_") or k in ("n", "correct", "missing"))}
+            assert rates and all(v in (1.0, None) for v in rates.values()), (kind, entry)
+            assert sum(v == 1.0 for v in rates.values()) >= len(rates) - 1
 
 
 def test_mixed_predictions_give_exact_numbers():
@@ -126,6 +131,19 @@ def test_rates_without_items_are_null_and_empty_answers_are_wrong():
     assert result["gcap"]["box_precision"] == 0.0 and result["gcap"]["box_recall"] == 0.0
     assert result["overall"] == {"n": 2, "correct": 0, "accuracy": 0.0}
     assert result["missing"] == 2
+
+
+def test_rec_accuracy_is_split_by_reference_box_size():
+    questions = [q("tiny", "rec", "[[100,100,150,199]]"), q("small", "rec", "[[100,100,299,250]]"),
+                 q("mid", "rec", "[[100,100,399,150]]"), q("big", "rec", "[[000,000,300,100]]"),
+                 q("apart", "rec", "[[000,000,050,050;900,900,950,950]]")]
+    answers = {"tiny": "[[100,100,150,199]]", "small": "[[500,500,600,600]]",
+               "mid": "[[100,100,399,150]]", "big": "[[000,000,300,100]]",
+               "apart": "[[000,000,050,050]]"}
+    rec = score(questions, [{"id": k, "prediction": v} for k, v in answers.items()])["rec"]
+    assert (rec["n_small"], rec["acc_small"]) == (2, 1 / 2)
+    assert (rec["n_medium"], rec["acc_medium"]) == (1, 1.0)
+    assert (rec["n_large"], rec["acc_large"]) == (2, 1 / 2)  # "apart" merges to a large box
 
 
 def test_scoring_needs_reference_answers():
