@@ -30,6 +30,13 @@ class AdapterConfig:
 WORD_SCALE = 20.0  # initial cosine-similarity -> logit scale of the word mixture
 
 
+def resize_positions(table: torch.Tensor, n: int) -> torch.Tensor:
+    """A (k, width) table of row or column position embeddings stretched to n rows (linear)."""
+    stretched = F.interpolate(table.detach().float().T[None], size=n, mode="linear",
+                              align_corners=False)
+    return stretched[0].T.to(table.dtype).contiguous()
+
+
 class Adapter(nn.Module):
     """(B, C, h, w) features -> (B, 2 + tokens, width): BOI, one token per grid cell, EOI."""
 

@@ -131,7 +131,7 @@ def add_dataclass_arguments(p: argparse.ArgumentParser, name: str) -> None:
             else:
                 p.add_argument(flag, action="store_true")
             continue
-        kind = {"int": int, "float": float}.get(str(f.type), str)
+        kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
         p.add_argument(flag, type=kind, default=None if required else f.default,
                        help="required" if required else None)
 

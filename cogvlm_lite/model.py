@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .adapter import Adapter, AdapterConfig
+from .adapter import Adapter, AdapterConfig, resize_positions
 from .conversation import IGNORE, IMAGE_TOKEN_ID, ConversationBuilder, as_messages
 from .decoder import Decoder, num_params
 from .expert import ExpertConfig, Route, add_visual_experts, shrink_experts
@@ -454,18 +454,22 @@ def build_model(config: ModelConfig | None = None, *, device: str | None = "auto
 
 
 def load_model(path: str | Path | None = None, *, device: str | None = "auto",
-               dtype: torch.dtype | None = None, decode: str = "exact") -> VisionLanguageModel:
+               dtype: torch.dtype | None = None, decode: str = "exact",
+               image_size: int | None = None) -> VisionLanguageModel:
     """Load a checkpoint directory; with no path, the embedded default model.
 
     `decode` picks the weights generated tokens run through (`VisionLanguageModel.set_decode`).
+    `image_size` other than the checkpoint's gives a finer or coarser grid of image tokens, its
+    position embeddings stretched to fit: a warm start for training at that size (answers about
+    images need that training first).
     """
-    model = _load(path, device, dtype)
+    model = _load(path, device, dtype, image_size)
     if decode != "exact":
         model.set_decode(decode)
     return model
 
 
-def _load(path, device, dtype) -> VisionLanguageModel:
+def _load(path, device, dtype, image_size=None) -> VisionLanguageModel:
     if path is None:
         if not (DEFAULT_CHECKPOINT / CONFIG_NAME).is_file():
             log.warning("no trained checkpoint at %s: the visual expert is untrained, so answers "
@@ -475,7 +479,11 @@ def _load(path, device, dtype) -> VisionLanguageModel:
         path = DEFAULT_CHECKPOINT
     path = Path(path)
     meta = read_checkpoint_config(path)
-    model = build_model(ModelConfig.from_dict(meta["config"]), device=device, dtype=dtype)
+    config = ModelConfig.from_dict(meta["config"])
+    resize = image_size not in (None, config.vision.image_size)
+    if resize:
+        config.vision.image_size = image_size
+    model = build_model(config, device=device, dtype=dtype)
     base = model.fingerprint()
     if meta.get("base") and meta["base"] != base:
         raise CheckpointError(
@@ -483,7 +491,7 @@ def _load(path, device, dtype) -> VisionLanguageModel:
             f"loaded now ({base}). Load it with the language model and image encoder it was "
             "trained on (see language_model and vision in its config.json)."
         )
-    load_trainable(model, path / WEIGHTS_NAME)
+    load_trainable(model, path / WEIGHTS_NAME, stretch_positions=resize)
     return model
 
 
@@ -500,7 +508,8 @@ def read_checkpoint_config(path: Path) -> dict:
     return meta
 
 
-def load_trainable(model: VisionLanguageModel, file: Path) -> None:
+def load_trainable(model: VisionLanguageModel, file: Path, stretch_positions: bool = False) -> None:
+    """Load a checkpoint's tensors; `stretch_positions` fits its grid positions to the model's."""
     if not file.is_file():
         raise CheckpointError(f"{file} not found: the checkpoint has no weights.")
     try:
@@ -508,6 +517,10 @@ def load_trainable(model: VisionLanguageModel, file: Path) -> None:
     except Exception as e:  # safetensors raises several types for damaged files
         raise CheckpointError(f"{file} is damaged ({e}); restore it or train again.") from e
     expected = model.trainable_state_dict()
+    if stretch_positions:
+        for key in ("adapter.row_embed", "adapter.col_embed"):
+            if key in state and key in expected:
+                state[key] = resize_positions(state[key], expected[key].shape[0])
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]

@@ -121,3 +121,52 @@ def prealign(model, data: str | Path, images: list[Path], features: torch.Tensor
         log.info("pre-alignment epoch %d/%d: top word right on %.1f%% of object cells",
                  epoch + 1, epochs, 100 * accuracy)
     return accuracy
+
+
+def probe(model, objects: dict[Path, list[dict]], images: list[Path],
+          features: torch.Tensor) -> dict:
+    """How well the adapter's cells find and name objects, without the language model.
+
+    For every object of every image: *naming* is right when the cell under the object's centre
+    picks its name (of all names and background); *pointing* is right when the cell that picks
+    the name most surely lies in the object's box. Both per object size (`evaluate.SIZES`, the
+    box's longer side) and overall: ``{"n", "naming", "pointing"}`` each.
+    """
+    from .evaluate import SIZES, size_name
+
+    adapter = model.adapter
+    vocabulary = model.lm.embed_tokens.weight.detach()
+    device = adapter.linear.weight.device
+    names = sorted({o["name"] for p in images for o in objects.get(p, [])} | {BACKGROUND})
+    tokens = name_tokens(model.tokenizer, names)
+    words = sorted({t for ids in tokens for t in ids})
+    column = {t: i for i, t in enumerate(words)}
+    target = torch.zeros(len(names), len(words), device=device)
+    for i, ids in enumerate(tokens):
+        for t in ids:
+            target[i, column[t]] += 1 / len(ids)
+    rows, cols = adapter.grid
+    tally = {name: [0, 0, 0] for name, _ in SIZES}  # objects, named, pointed
+    with torch.no_grad():
+        for k, path in enumerate(images):
+            cells = adapter.project(features[k : k + 1].to(device, torch.float32))[0]
+            logits = adapter.word_logits(cells, vocabulary[words].float())
+            scores = logits.log_softmax(-1) @ target.T  # (cells, names)
+            choice = scores.argmax(-1)
+            for obj in objects.get(path, []):
+                x0, y0, x1, y1 = obj["box"]
+                n = names.index(obj["name"])
+                r = min(rows - 1, int((y0 + y1) / 2 * rows))
+                c = min(cols - 1, int((x0 + x1) / 2 * cols))
+                best = int(scores[:, n].argmax())
+                bx, by = (best % cols + 0.5) / cols, (best // cols + 0.5) / rows
+                counts = tally[size_name((x0, y0, x1, y1))]
+                counts[0] += 1
+                counts[1] += int(choice[r * cols + c]) == n
+                counts[2] += x0 <= bx <= x1 and y0 <= by <= y1
+    out = {}
+    for size, (n, named, pointed) in [*tally.items(),
+                                      ("all", [sum(v[i] for v in tally.values()) for i in range(3)])]:
+        out[size] = {"n": n, "naming": named / n if n else None,
+                     "pointing": pointed / n if n else None}
+    return out

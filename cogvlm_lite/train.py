@@ -41,7 +41,14 @@ from .data import (
     read_conversations,
 )
 from .expert import ExpertConfig
-from .model import ModelConfig, VisionLanguageModel, atomic_write, build_model, load_model
+from .model import (
+    ModelConfig,
+    VisionLanguageModel,
+    atomic_write,
+    build_model,
+    load_model,
+    read_checkpoint_config,
+)
 from .vision import VisionConfig
 
 log = logging.getLogger(__name__)
@@ -80,9 +87,9 @@ class TrainConfig:
     prealign_epochs: int = 0  # adapter head start on object-name embeddings (scenes data)
     skip_bad: bool = False
     device: str = "auto"
-    expert: str = "lowrank"
-    rank: int = 32
-    image_size: int = 256
+    expert: str | None = None  # "lowrank" (default) or "full"; with init_from, the checkpoint's
+    rank: int | None = None  # 32 by default; with init_from, the checkpoint's
+    image_size: int | None = None  # 256 by default; with init_from, another stretches its grid
     downsample: bool = False
     resume: bool = False
     force: bool = False
@@ -92,9 +99,11 @@ class TrainConfig:
             raise ValueError(f"save_dtype must be float32, bfloat16 or float16, not {self.save_dtype!r}")
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig(vision=VisionConfig(image_size=self.image_size),
+        vision, expert = VisionConfig(), ExpertConfig()
+        return ModelConfig(vision=VisionConfig(image_size=self.image_size or vision.image_size),
                            adapter=AdapterConfig(downsample=self.downsample),
-                           expert=ExpertConfig(kind=self.expert, rank=self.rank))
+                           expert=ExpertConfig(kind=self.expert or expert.kind,
+                                               rank=self.rank or expert.rank))
 
 
 class Trainer:
@@ -107,13 +116,16 @@ class Trainer:
         if cfg.batch_size % (self.world * cfg.grad_accum):
             raise ValueError(f"--batch-size {cfg.batch_size} must divide by processes x "
                              f"--grad-accum ({self.world} x {cfg.grad_accum})")
+        if cfg.init_from:
+            self._check_expert_options()
         self._prepare_run_dir()
         torch.manual_seed(cfg.seed)
         device = cfg.device
         if device == "auto" and self.world > 1 and torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         if cfg.init_from:
-            self.model = load_model(cfg.init_from, device=device, dtype=torch.float32)
+            self.model = load_model(cfg.init_from, device=device, dtype=torch.float32,
+                                    image_size=cfg.image_size)
         else:
             self.model = build_model(cfg.model_config(), device=device, dtype=torch.float32,
                                      seed=cfg.seed)
@@ -173,6 +185,14 @@ class Trainer:
             return (step + 1) / cfg.warmup
         progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def _check_expert_options(self) -> None:
+        cfg = self.cfg
+        expert = ModelConfig.from_dict(read_checkpoint_config(Path(cfg.init_from))["config"]).expert
+        if cfg.expert not in (None, expert.kind) or cfg.rank not in (None, expert.rank):
+            raise ValueError(f"--init-from {cfg.init_from} has a {expert.kind} expert of rank "
+                             f"{expert.rank}; drop --expert and --rank to train it as it is "
+                             "(`cogvlm-lite shrink` cuts a low-rank expert's rank)")
 
     # ------------------------------------------------------------------ run directory
 

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from cogvlm_lite.data import BatchSampler, read_conversations
 from cogvlm_lite.scenes import write_dataset
@@ -182,18 +183,74 @@ def test_llava_format(tmp_path, scenes):
     assert sample.image == tmp_path / "images" / "000000.png"
 
 
+def test_warm_start_at_another_image_size_stretches_the_grid_positions(scenes, tiny_checkpoint,
+                                                                       tmp_path):
+    from cogvlm_lite import load_model
+    from cogvlm_lite.adapter import resize_positions
+
+    base = load_model(tiny_checkpoint, device="cpu")
+    wide = load_model(tiny_checkpoint, device="cpu", image_size=128)
+    rows, cols = base.adapter.grid
+    assert wide.adapter.grid == (2 * rows, 2 * cols) and wide.config.vision.image_size == 128
+    row = base.adapter.row_embed.detach()
+    stretched = wide.adapter.row_embed.detach()
+    assert torch.equal(stretched, resize_positions(row, 2 * rows))
+    assert torch.allclose(stretched[0], row[0]) and torch.allclose(stretched[-1], row[-1])
+    same = {k: v for k, v in base.trainable_state_dict().items() if "_embed" not in k}
+    assert all(torch.equal(v, wide.trainable_state_dict()[k]) for k, v in same.items())
+
+    run = tmp_path / "wide"
+    train(TrainConfig(data=str(scenes / "train.jsonl"), out=str(run), init_from=tiny_checkpoint,
+                      image_size=128, steps=1, batch_size=2, save_every=0, device="cpu"))
+    assert load_model(run, device="cpu").adapter.grid == (2 * rows, 2 * cols)
+
+
+@pytest.mark.parametrize("option", [{"rank": 8}, {"expert": "full"}])
+def test_warm_start_refuses_another_expert(scenes, tiny_checkpoint, tmp_path, option):
+    config = TrainConfig(data=str(scenes / "train.jsonl"), out=str(tmp_path / "run"),
+                         init_from=tiny_checkpoint, steps=1, batch_size=2, device="cpu", **option)
+    with pytest.raises(ValueError, match="--init-from"):
+        train(config)
+
+
 def test_prealignment_pulls_cells_towards_object_names(scenes, tiny_model):
     from cogvlm_lite.data import ConversationData, encode_images
-    from cogvlm_lite.prealign import BACKGROUND, cell_labels, prealign
+    from cogvlm_lite.prealign import BACKGROUND, cell_labels, prealign, probe, read_objects
 
     assert cell_labels([{"name": "dog", "box": [0.0, 0.0, 0.5, 0.5]}], (2, 2)) == [
         "dog", BACKGROUND, BACKGROUND, BACKGROUND]
     data = ConversationData(read_conversations(scenes / "train.jsonl"), tiny_model.builder,
                             tiny_model.adapter.num_tokens)
     features = encode_images(tiny_model, data.images)
+    objects = read_objects(scenes / "train.jsonl")
     first = prealign(tiny_model, scenes / "train.jsonl", data.images, features, epochs=1)
     later = prealign(tiny_model, scenes / "train.jsonl", data.images, features, epochs=30)
     assert later > first
+    after = probe(tiny_model, objects, data.images, features)
+    assert after["all"]["n"] == sum(len(objects[p]) for p in data.images)
+    assert after["all"]["n"] == sum(after[size]["n"] for size in ("small", "medium", "large"))
+
+
+def test_probe_names_and_points_from_the_cells_word_choice(tiny_model, monkeypatch):
+    from cogvlm_lite.prealign import name_tokens, probe
+
+    adapter = tiny_model.adapter
+    image = "scene.png"
+    objects = {image: [{"name": "dog", "box": [0.0, 0.0, 0.5, 0.5]},
+                       {"name": "cat", "box": [0.5, 0.5, 1.0, 1.0]}]}
+    words = sorted({t for ids in name_tokens(tiny_model.tokenizer, ["background", "cat", "dog"])
+                    for t in ids})
+    dog = [words.index(t) for t in name_tokens(tiny_model.tokenizer, ["dog"])[0]]
+    # Cells are word logits as they are: the top-left and bottom-right cells both read "dog".
+    cells = torch.zeros(1, len(words), 2, 2)
+    cells[0, dog, 0, 0] = cells[0, dog, 1, 1] = 10.0
+    monkeypatch.setattr(adapter, "grid", (2, 2))
+    monkeypatch.setattr(adapter, "project", lambda f: f.flatten(2).transpose(1, 2))
+    monkeypatch.setattr(adapter, "word_logits", lambda x, vocabulary: x)
+    result = probe(tiny_model, objects, [image], cells)
+    # The dog is named and found; the cat is called a dog, and no cell points at it.
+    assert result["large"] == result["all"] == {"n": 2, "naming": 0.5, "pointing": 0.5}
+    assert result["small"] == {"n": 0, "naming": None, "pointing": None}
 
 
 def test_packing_merges_conversations_per_image(scenes):
