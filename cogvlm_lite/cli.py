@@ -95,6 +95,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--force", action="store_true", help="replace a checkpoint already in --out")
     p.set_defaults(run=run_shrink)
 
+    p = sub.add_parser("probe", help="how well the image tokens of an image size name and find "
+                                      "objects: a fresh adapter pre-aligned, no LM training")
+    p.add_argument("--data", required=True, help="scenes train.jsonl to pre-align on")
+    p.add_argument("--eval-data", required=True, help="held-out scenes train.jsonl to probe on")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--images", type=int, default=1500, help="training scenes used (the first N)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ...")
+    p.set_defaults(run=run_probe)
+
     return parser, train_parser
 
 
@@ -284,6 +295,24 @@ def run_shrink(args) -> int:
                       "trainable_parameters": model.parameter_counts()["trainable"],
                       "smallest_energy_kept": round(kept, 6),
                       "megabytes": round((out / WEIGHTS_NAME).stat().st_size / 1e6, 2)}))
+    return 0
+
+
+def run_probe(args) -> int:
+    import json
+    import logging
+
+    import torch
+
+    from .model import ModelConfig, build_model
+    from .prealign import probe_image_size
+    from .vision import VisionConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    model = build_model(ModelConfig(vision=VisionConfig(image_size=args.image_size)),
+                        device=args.device, dtype=torch.float32, seed=args.seed)
+    print(json.dumps(probe_image_size(model, args.data, args.eval_data, args.images, args.epochs,
+                                      args.seed)))
     return 0
 
 

@@ -170,3 +170,19 @@ def probe(model, objects: dict[Path, list[dict]], images: list[Path],
         out[size] = {"n": n, "naming": named / n if n else None,
                      "pointing": pointed / n if n else None}
     return out
+
+
+def probe_image_size(model, data: str | Path, eval_data: str | Path, images: int = 1500,
+                     epochs: int = 10, seed: int = 0) -> dict:
+    """`prealign` the model's adapter on the first `images` scenes of `data`, then `probe` it on
+    every scene of `eval_data` (both scenes training files, with objects). On a fresh model, a
+    measure of how much its encoder's grid at its image size tells about objects, in minutes."""
+    from .data import encode_images
+
+    train_objects, eval_objects = read_objects(data), read_objects(eval_data)
+    train_images, eval_images = sorted(train_objects)[:images], sorted(eval_objects)
+    features = encode_images(model, train_images)
+    accuracy = prealign(model, data, train_images, features, epochs, seed=seed)
+    result = probe(model, eval_objects, eval_images, encode_images(model, eval_images))
+    return {"image_size": model.config.vision.image_size, "grid": list(model.adapter.grid),
+            "train_accuracy": accuracy, **result}

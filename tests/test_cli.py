@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ def tiny_checkpoint(tiny_model, tmp_path):
 def test_help_lists_the_commands():
     out = cli("--help")
     assert out.returncode == 0
-    for command in ("chat", "scenes", "train", "vqa", "eval", "serve", "bench", "shrink"):
+    for command in ("chat", "scenes", "train", "vqa", "eval", "serve", "bench", "shrink", "probe"):
         assert command in out.stdout
 
 
@@ -77,6 +78,22 @@ def test_default_chat_cli_answers(tmp_path):
               stdin="What is the capital of France? Answer briefly.\n")
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout
+
+
+@pytest.mark.weights
+def test_probe_cli_measures_an_image_size(tmp_path):
+    from cogvlm_lite.scenes import write_dataset
+
+    write_dataset(tmp_path / "scenes", 4, seed=3, image_size=128)
+    data = str(tmp_path / "scenes" / "train.jsonl")
+    out = cli("probe", "--data", data, "--eval-data", data, "--image-size", "224", "--images", "3",
+              "--epochs", "1", "--device", "cpu", timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["image_size"] == 224 and result["grid"] == [7, 7]
+    records = [json.loads(line) for line in Path(data).read_text().splitlines()]
+    assert result["all"]["n"] == sum({r["image"]: len(r["objects"]) for r in records}.values())
+    assert all(result[size]["n"] >= 0 for size in ("small", "medium", "large"))
 
 
 @pytest.mark.weights
