@@ -277,13 +277,17 @@ def run_bench(args) -> int:
     return 0
 
 
+HISTORY_FILES = ("metrics.jsonl", "training-log.jsonl", "loss.png", "train_config.json")
+
+
 def run_shrink(args) -> int:
     import json
+    import shutil
     from pathlib import Path
 
     import torch
 
-    from .model import CONFIG_NAME, WEIGHTS_NAME, load_model
+    from .model import CONFIG_NAME, DEFAULT_CHECKPOINT, WEIGHTS_NAME, atomic_write, load_model
 
     out = Path(args.out)
     if not args.force and ((out / CONFIG_NAME).exists() or (out / WEIGHTS_NAME).exists()):
@@ -291,7 +295,12 @@ def run_shrink(args) -> int:
     model = load_model(args.checkpoint, device="cpu", dtype=torch.float32)
     kept = model.shrink_expert(args.rank)
     model.save_pretrained(out, getattr(torch, args.save_dtype))
-    print(json.dumps({"out": str(out), "rank": args.rank,
+    # The training record stays with the weights; held-out figures would no longer be theirs.
+    source = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
+    copied = [name for name in HISTORY_FILES if (source / name).is_file()]
+    for name in copied:
+        atomic_write(out / name, lambda f, src=source / name: shutil.copyfile(src, f))
+    print(json.dumps({"out": str(out), "rank": args.rank, "copied": copied,
                       "trainable_parameters": model.parameter_counts()["trainable"],
                       "smallest_energy_kept": round(kept, 6),
                       "megabytes": round((out / WEIGHTS_NAME).stat().st_size / 1e6, 2)}))

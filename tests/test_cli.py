@@ -130,11 +130,16 @@ def test_shrink_writes_a_smaller_checkpoint_and_refuses_to_overwrite(tiny_checkp
     from cogvlm_lite.model import load_model
 
     out = tmp_path / "small"
+    (tiny_checkpoint / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    (tiny_checkpoint / "heldout-metrics.json").write_text("{}")
     args = ("shrink", "--checkpoint", str(tiny_checkpoint), "--rank", "2", "--out", str(out))
     done = cli(*args)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["rank"] == 2 and summary["smallest_energy_kept"] == 1.0  # untrained: zero
+    assert summary["copied"] == ["metrics.jsonl"]
+    assert (out / "metrics.jsonl").read_text() == (tiny_checkpoint / "metrics.jsonl").read_text()
+    assert not (out / "heldout-metrics.json").exists()  # figures of the unshrunk weights
     assert load_model(out, device="cpu").config.expert.rank == 2
     again = cli(*args)
     assert again.returncode == 1 and "already holds a checkpoint" in again.stderr
