@@ -64,6 +64,19 @@ def name_tokens(tokenizer, names: list[str]) -> list[list[int]]:
                       add_special_tokens=False)["input_ids"] for n in names]
 
 
+def name_targets(tokenizer, names: list[str], device=None) -> tuple[list[int], torch.Tensor]:
+    """The words of all `names` (sorted token ids) and, per name, a distribution over them:
+    uniform over the name's own words."""
+    tokens = name_tokens(tokenizer, names)
+    words = sorted({t for ids in tokens for t in ids})
+    column = {t: i for i, t in enumerate(words)}
+    target = torch.zeros(len(names), len(words), device=device)
+    for i, ids in enumerate(tokens):
+        for t in ids:
+            target[i, column[t]] += 1 / len(ids)
+    return words, target
+
+
 def prealign(model, data: str | Path, images: list[Path], features: torch.Tensor,
              epochs: int = 10, lr: float = 3e-3, batch: int = 8, seed: int = 0) -> float:
     """Train the adapter's projection (and word scale) so each cell picks its object's words.
@@ -76,14 +89,8 @@ def prealign(model, data: str | Path, images: list[Path], features: torch.Tensor
     device = adapter.linear.weight.device
     names = sorted({o["name"] for objs in objects.values() for o in objs} | {BACKGROUND})
     index = {n: i for i, n in enumerate(names)}
-    tokens = name_tokens(model.tokenizer, names)
-    words = sorted({t for ids in tokens for t in ids})
-    column = {t: i for i, t in enumerate(words)}
-    # target[name] = uniform over the name's words (extra columns for the negatives stay 0)
-    target = torch.zeros(len(names), len(words) + NEGATIVES, device=device)
-    for i, ids in enumerate(tokens):
-        for t in ids:
-            target[i, column[t]] += 1 / len(ids)
+    words, target = name_targets(model.tokenizer, names, device)
+    target = torch.nn.functional.pad(target, (0, NEGATIVES))  # the negatives' columns stay 0
     words = torch.tensor(words, device=device)
     labels = torch.tensor([[index[n] for n in cell_labels(objects.get(p, []), adapter.grid)]
                            for p in images], device=device)
@@ -138,13 +145,7 @@ def probe(model, objects: dict[Path, list[dict]], images: list[Path],
     vocabulary = model.lm.embed_tokens.weight.detach()
     device = adapter.linear.weight.device
     names = sorted({o["name"] for p in images for o in objects.get(p, [])} | {BACKGROUND})
-    tokens = name_tokens(model.tokenizer, names)
-    words = sorted({t for ids in tokens for t in ids})
-    column = {t: i for i, t in enumerate(words)}
-    target = torch.zeros(len(names), len(words), device=device)
-    for i, ids in enumerate(tokens):
-        for t in ids:
-            target[i, column[t]] += 1 / len(ids)
+    words, target = name_targets(model.tokenizer, names, device)
     rows, cols = adapter.grid
     tally = {name: [0, 0, 0] for name, _ in SIZES}  # objects, named, pointed
     with torch.no_grad():
