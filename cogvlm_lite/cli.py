@@ -46,6 +46,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--wording", choices=("trained", "unseen"), default="trained",
                    help="unseen: the same scenes and answers, every question worded as training "
                         "data never is (to test robustness to new phrasings)")
+    p.add_argument("--style", choices=("trained", "unseen"), default="trained",
+                   help="unseen: objects drawn in styles and on photographs that training "
+                        "scenes never use (to test robustness to new looks)")
     p.set_defaults(run=run_scenes)
 
     p = sub.add_parser("train", help="fine-tune the visual expert (+ adapter); resumable; torchrun-ready")
@@ -225,7 +228,8 @@ def run_scenes(args) -> int:
     from .scenes import write_dataset
 
     summary = write_dataset(args.out, args.n, args.seed, image_size=args.image_size,
-                            force=args.force, workers=args.workers, wording=args.wording)
+                            force=args.force, workers=args.workers, wording=args.wording,
+                            style=args.style)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -61,6 +61,10 @@ DUPLICATE_RATE = 0.4  # fraction of scenes where one class appears 2-4 times
 MARGIN = 0.1  # relative gap needed before a left/right/above/below relation is asked
 
 _TEXTURES = ("brick", "grass", "gravel", "moon", "ihc")  # ship with scikit-image
+# Pictures that no training scene shows, and that hold none of the object classes.
+_UNSEEN_PHOTOS = ("hubble_deep_field.jpg", "retina.jpg", "page.png", "cell.png",
+                  "microaneurysms.png", "text.png")
+STYLES = ("trained", "unseen")
 _DATASET_FILES = ("train.jsonl", "questions.jsonl", "images")
 _IMAGE_NAME = re.compile(r"[0-9]{6}\.png")
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -185,17 +189,18 @@ def _mix(c0: np.ndarray, c1: np.ndarray, t: np.ndarray) -> np.ndarray:
     return c0 + (c1 - c0) * t[..., None]
 
 
-@functools.lru_cache(maxsize=len(_TEXTURES))
+@functools.cache
 def _texture(name: str) -> np.ndarray:
     """A scikit-image sample picture as floats in [0, 1], read from the installed package."""
-    source = importlib.resources.files("skimage.data") / f"{name}.png"
+    source = importlib.resources.files("skimage.data") / (name if "." in name else f"{name}.png")
     with source.open("rb") as f, Image.open(f) as im:
         image = im.convert("RGB" if im.mode == "RGB" else "L")
         return np.asarray(image, dtype=np.float32) / 255
 
 
-def _texture_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    texture = _texture(_TEXTURES[rng.integers(len(_TEXTURES))])
+def _texture_background(rng: np.random.Generator, width: int, height: int,
+                        pictures: Sequence[str] = _TEXTURES) -> np.ndarray:
+    texture = _texture(pictures[rng.integers(len(pictures))])
     th, tw = texture.shape[:2]
     # A random crop with the image's aspect ratio, zoomed to the image size.
     scale = rng.uniform(0.35, 1.0) * min(tw / width, th / height)
@@ -241,6 +246,25 @@ def background(
     else:
         raise ValueError(f"unknown background kind {kind!r}; choose one of {BACKGROUNDS}")
     return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "RGB")
+
+
+def restyle(sprite: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """The glyph in a drawing style no training scene uses: in grey, in shades of one colour, or
+    with every hue turned (a blue banana); its shape (alpha) is kept."""
+    rgb, alpha = sprite.convert("RGB"), sprite.getchannel("A")
+    kind = int(rng.integers(3))
+    if kind == 2:
+        h, sat, val = rgb.convert("HSV").split()
+        turn = int(rng.integers(64, 192))
+        h = h.point(lambda v: (v + turn) % 256)
+        rgb = Image.merge("HSV", (h, sat, val)).convert("RGB")
+    else:
+        grey = np.asarray(rgb.convert("L"), np.float32)[..., None] / 255
+        tint = np.full(3, 255, np.float32) if kind == 0 else _colour(rng)
+        rgb = Image.fromarray(np.round(grey * tint).astype(np.uint8), "RGB")
+    styled = rgb.convert("RGBA")
+    styled.putalpha(alpha)
+    return styled
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,6 +317,7 @@ def make_scene(
     *,
     objects: tuple[int, int] = (1, 8),
     backgrounds: Sequence[str] = BACKGROUNDS,
+    style: str = "trained",
 ) -> Scene:
     """Draw a random scene about `image_size` pixels wide and high.
 
@@ -300,8 +325,11 @@ def make_scene(
     drawn from the inclusive range `objects` (fewer when they do not fit), the background kind
     from `backgrounds`. Objects overlap at most a little (box IoU <= `MAX_IOU`, at least
     `MIN_VISIBLE` of each object's pixels uncovered); each box is the tight box of the object's
-    visible pixels, relative to the image.
+    visible pixels, relative to the image. `style="unseen"` draws every object in a style no
+    trained scene uses (`restyle`) on a photograph no trained scene shows (`backgrounds` unused).
     """
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, not {style!r}")
     low, high = objects
     if not 1 <= low <= high:
         raise ValueError(f"objects must be (low, high) with 1 <= low <= high, got {objects}")
@@ -312,7 +340,11 @@ def make_scene(
         raise ValueError(f"backgrounds must be some of {BACKGROUNDS}, got {tuple(backgrounds)}")
     width = round(image_size * rng.uniform(0.75, 1.25))
     height = round(image_size * rng.uniform(0.75, 1.25))
-    canvas = background(rng, width, height, backgrounds[rng.integers(len(backgrounds))])
+    if style == "unseen":
+        pixels = _texture_background(rng, width, height, _UNSEEN_PHOTOS)
+        canvas = Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "RGB")
+    else:
+        canvas = background(rng, width, height, backgrounds[rng.integers(len(backgrounds))])
     canvas = canvas.convert("RGBA")
 
     count = int(rng.integers(low, high + 1))
@@ -343,7 +375,7 @@ def make_scene(
             )
             if any((m & ~cover).sum() < MIN_VISIBLE * total for _, m, _, total in placed):
                 continue
-            canvas.alpha_composite(sprite, (x, y))
+            canvas.alpha_composite(restyle(sprite, rng) if style == "unseen" else sprite, (x, y))
             placed = [(c, m & ~cover, b, total) for c, m, b, total in placed]
             placed.append((cls, own, box, int(own.sum())))
             break
@@ -970,10 +1002,10 @@ class _AtomicLines:
         self.tmp.unlink(missing_ok=True)
 
 
-def _write_scene(out: Path, i: int, seed: int, image_size: int,
-                 wording: str) -> tuple[list[dict], list[dict]]:
+def _write_scene(out: Path, i: int, seed: int, image_size: int, wording: str,
+                 style: str = "trained") -> tuple[list[dict], list[dict]]:
     """Draw scene `i`, save its image under `out`; its (conversations, questions) records."""
-    scene = make_scene(np.random.default_rng([seed, i, 0]), image_size)
+    scene = make_scene(np.random.default_rng([seed, i, 0]), image_size, style=style)
     image = f"images/{i:06d}.png"
     scene.image.save(out / image, format="PNG")
     objects = [{"name": o.name, "box": _rounded(o.box)} for o in scene.objects]
@@ -991,7 +1023,7 @@ def _write_scene(out: Path, i: int, seed: int, image_size: int,
 
 def write_dataset(
     out: str | Path, n: int, seed: int = 0, *, image_size: int = 256, force: bool = False,
-    workers: int = 1, wording: str = "trained",
+    workers: int = 1, wording: str = "trained", style: str = "trained",
 ) -> dict:
     """Write `n` scenes into `out`: ``images/``, ``train.jsonl`` and ``questions.jsonl``.
 
@@ -1001,13 +1033,16 @@ def write_dataset(
     ``i`` depends only on ``(seed, i)``. Refuses to write over an existing data set unless
     `force`. `workers` > 1 draws scenes in that many processes (same files). `wording="unseen"`
     asks every question in a wording the trained one never uses (`UNSEEN_WORDINGS`): the same
-    scenes and answers, to test robustness to new phrasings. Returns a summary: paths and counts
-    per task type.
+    scenes and answers, to test robustness to new phrasings. `style="unseen"` draws the objects
+    in styles and on backgrounds the trained scenes never use (see `make_scene`): other scenes,
+    to test robustness to new looks. Returns a summary: paths and counts per task type.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1 scene, got {n}")
     if wording not in WORDINGS:
         raise ValueError(f"wording must be one of {WORDINGS}, not {wording!r}")
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, not {style!r}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} is a file; --out must be a directory for the data set")
@@ -1030,7 +1065,7 @@ def write_dataset(
     try:
         with _scene_map(workers) as map_:
             draw = functools.partial(_write_scene, out, seed=seed, image_size=image_size,
-                                     wording=wording)
+                                     wording=wording, style=style)
             for conversations, items in map_(draw, range(n)):
                 for record in conversations:
                     kinds[record["kind"]] += 1

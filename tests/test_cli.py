@@ -33,12 +33,13 @@ def test_option_choices_match_the_modules_that_take_them():
     drawing); they must stay those the modules accept."""
     from cogvlm_lite.cli import build_parser
     from cogvlm_lite.model import DECODE_CHOICES
-    from cogvlm_lite.scenes import WORDINGS
+    from cogvlm_lite.scenes import STYLES, WORDINGS
 
     parser, _ = build_parser()
     scenes = parser.parse_args(["scenes", "--n", "1", "--out", "x"])
-    assert scenes.wording == WORDINGS[0]
-    for option, expected in (("--wording", WORDINGS), ("--decode", DECODE_CHOICES)):
+    assert scenes.wording == WORDINGS[0] and scenes.style == STYLES[0]
+    for option, expected in (("--wording", WORDINGS), ("--style", STYLES),
+                             ("--decode", DECODE_CHOICES)):
         actions = [a for sub in parser._subparsers._group_actions for p in sub.choices.values()
                    for a in p._actions if option in a.option_strings]
         assert actions and all(tuple(a.choices) == tuple(expected) for a in actions), option

@@ -20,6 +20,7 @@ from cogvlm_lite.scenes import (
     background,
     make_scene,
     render_glyph,
+    restyle,
     scene_conversations,
     scene_questions,
     vocabulary,
@@ -202,6 +203,31 @@ def test_unseen_wording_asks_the_same_things_in_new_words(tmp_path, dataset):
         assert not any(p.fullmatch(question) for p in patterns), question
     with pytest.raises(ValueError, match="wording"):
         write_dataset(tmp_path / "bad", 1, wording="novel")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_restyled_glyph_keeps_its_shape_in_new_colours(seed):
+    colourful = [c for c in vocabulary() if c.name in ("tomato", "banana", "frog", "strawberry",
+                                                        "orange", "rainbow")]
+    glyph = render_glyph(colourful[seed], 48)
+    styled = restyle(glyph, np.random.default_rng(seed))
+    assert styled.size == glyph.size and styled.mode == "RGBA"
+    assert np.array_equal(np.asarray(styled)[..., 3], np.asarray(glyph)[..., 3])
+    shown = np.asarray(glyph)[..., 3] >= 128
+    before = np.asarray(glyph)[..., :3][shown].astype(int)
+    after = np.asarray(styled)[..., :3][shown].astype(int)
+    assert np.abs(after - before).mean() > 10
+
+
+def test_unseen_style_draws_other_scenes_with_the_same_kinds_of_questions(tmp_path, dataset):
+    trained_dir, trained = dataset
+    unseen = write_dataset(tmp_path / "looks", 20, seed=0, style="unseen")
+    assert set(unseen["question_types"]) == set(trained["question_types"])
+    assert _files(tmp_path / "looks")["images/000000.png"] != _files(trained_dir)["images/000000.png"]
+    scene = make_scene(np.random.default_rng(3), style="unseen")
+    assert scene.objects and all(0 <= v <= 1 for o in scene.objects for v in o.box)
+    with pytest.raises(ValueError, match="style"):
+        write_dataset(tmp_path / "bad", 1, style="pencil")
 
 
 def test_refuses_to_overwrite_without_force(tmp_path):
