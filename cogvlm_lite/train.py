@@ -17,6 +17,7 @@ global count of labelled tokens, so the trajectory matches a single process.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -469,8 +470,14 @@ def plot_losses(metrics: Path, png: Path, size=(720, 360)) -> None:
 def train(cfg: TrainConfig) -> dict:
     trainer = Trainer(cfg)
     try:
-        return trainer.fit()
+        last = trainer.fit()
+        barrier(trainer.world)  # every rank done before any leaves
+        return last
     finally:
         if trainer.world > 1 and dist.is_initialized():
+            # DDP's reducer goes before the process group it uses: left to interpreter exit,
+            # its teardown now and then aborted a rank.
+            trainer.net = None
+            gc.collect()
             dist.destroy_process_group()
 
