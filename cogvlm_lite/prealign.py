@@ -145,32 +145,32 @@ def probe(model, objects: dict[Path, list[dict]], images: list[Path],
     vocabulary = model.lm.embed_tokens.weight.detach()
     device = adapter.linear.weight.device
     names = sorted({o["name"] for p in images for o in objects.get(p, [])} | {BACKGROUND})
+    index = {n: i for i, n in enumerate(names)}
     words, target = name_targets(model.tokenizer, names, device)
+    word_embeddings = vocabulary[words].float()
     rows, cols = adapter.grid
     tally = {name: [0, 0, 0] for name, _ in SIZES}  # objects, named, pointed
     with torch.no_grad():
         for k, path in enumerate(images):
             cells = adapter.project(features[k : k + 1].to(device, torch.float32))[0]
-            logits = adapter.word_logits(cells, vocabulary[words].float())
+            logits = adapter.word_logits(cells, word_embeddings)
             scores = logits.log_softmax(-1) @ target.T  # (cells, names)
             choice = scores.argmax(-1)
             for obj in objects.get(path, []):
                 x0, y0, x1, y1 = obj["box"]
-                n = names.index(obj["name"])
+                name = index[obj["name"]]
                 r = min(rows - 1, int((y0 + y1) / 2 * rows))
                 c = min(cols - 1, int((x0 + x1) / 2 * cols))
-                best = int(scores[:, n].argmax())
+                best = int(scores[:, name].argmax())
                 bx, by = (best % cols + 0.5) / cols, (best // cols + 0.5) / rows
                 counts = tally[size_name((x0, y0, x1, y1))]
                 counts[0] += 1
-                counts[1] += int(choice[r * cols + c]) == n
+                counts[1] += int(choice[r * cols + c]) == name
                 counts[2] += x0 <= bx <= x1 and y0 <= by <= y1
-    out = {}
-    for size, (n, named, pointed) in [*tally.items(),
-                                      ("all", [sum(v[i] for v in tally.values()) for i in range(3)])]:
-        out[size] = {"n": n, "naming": named / n if n else None,
-                     "pointing": pointed / n if n else None}
-    return out
+    tally["all"] = [sum(column) for column in zip(*tally.values(), strict=True)]
+    return {size: {"n": n, "naming": named / n if n else None,
+                   "pointing": pointed / n if n else None}
+            for size, (n, named, pointed) in tally.items()}
 
 
 def probe_image_size(model, data: str | Path, eval_data: str | Path, images: int = 1500,
