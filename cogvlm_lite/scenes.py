@@ -245,6 +245,11 @@ def background(
         pixels = _texture_background(rng, width, height)
     else:
         raise ValueError(f"unknown background kind {kind!r}; choose one of {BACKGROUNDS}")
+    return _picture(pixels)
+
+
+def _picture(pixels: np.ndarray) -> Image.Image:
+    """(H, W, 3) floats on the 0..255 scale as an RGB image (rounded and clipped)."""
     return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "RGB")
 
 
@@ -341,8 +346,7 @@ def make_scene(
     width = round(image_size * rng.uniform(0.75, 1.25))
     height = round(image_size * rng.uniform(0.75, 1.25))
     if style == "unseen":
-        pixels = _texture_background(rng, width, height, _UNSEEN_PHOTOS)
-        canvas = Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "RGB")
+        canvas = _picture(_texture_background(rng, width, height, _UNSEEN_PHOTOS))
     else:
         canvas = background(rng, width, height, backgrounds[rng.integers(len(backgrounds))])
     canvas = canvas.convert("RGBA")
