@@ -182,7 +182,8 @@ def test_real_model_answer_streams_into_the_chat(context, app_url, scripted):
     for slider, value in (("#temperature", "1"), ("#max-new-tokens", "32")):
         page.fill(f"{slider} input[type=number]", value)
         page.press(f"{slider} input[type=number]", "Enter")
-    page.wait_for_timeout(300)
+        # the range input follows the slider's value once the app has taken it in
+        expect(page.locator(f"{slider} input[type=range]")).to_have_value(value)
     ask(page, "How many cats are there?")
     call = scripted.call("How many cats")
     assert call.image_size == (440, 300)
