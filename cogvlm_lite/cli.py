@@ -46,9 +46,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--wording", choices=("trained", "unseen"), default="trained",
                    help="unseen: the same scenes and answers, every question worded as training "
                         "data never is (to test robustness to new phrasings)")
-    p.add_argument("--style", choices=("trained", "unseen"), default="trained",
-                   help="unseen: objects drawn in styles and on photographs that training "
-                        "scenes never use (to test robustness to new looks)")
+    p.add_argument("--style", choices=("trained", "varied", "unseen"), default="trained",
+                   help="varied: the trained look augmented (turned, recoloured, blurred, "
+                        "grainy), for training; unseen: objects drawn in styles and on "
+                        "photographs that training scenes never use (to test robustness to new looks)")
     p.set_defaults(run=run_scenes)
 
     p = sub.add_parser("train", help="fine-tune the visual expert (+ adapter); resumable; torchrun-ready")

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 from scipy import ndimage
 
 from cogvlm_lite.grounding import Box, format_box, format_boxes, format_point, iou
@@ -64,7 +64,7 @@ _TEXTURES = ("brick", "grass", "gravel", "moon", "ihc")  # ship with scikit-imag
 # Pictures that no training scene shows, and that hold none of the object classes.
 _UNSEEN_PHOTOS = ("hubble_deep_field.jpg", "retina.jpg", "page.png", "cell.png",
                   "microaneurysms.png", "text.png")
-STYLES = ("trained", "unseen")
+STYLES = ("trained", "varied", "unseen")
 _DATASET_FILES = ("train.jsonl", "questions.jsonl", "images")
 _IMAGE_NAME = re.compile(r"[0-9]{6}\.png")
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -272,6 +272,35 @@ def restyle(sprite: Image.Image, rng: np.random.Generator) -> Image.Image:
     return styled
 
 
+def vary_glyph(sprite: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A training augmentation of the glyph: often turned by up to 30 degrees, often a little
+    brighter or darker, more or less saturated. Its colours stay its own (`restyle` is for
+    evaluation only)."""
+    if rng.random() < 0.5:
+        angle = float(rng.uniform(-30, 30))
+        sprite = sprite.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
+    if rng.random() < 0.5:
+        alpha = sprite.getchannel("A")
+        rgb = ImageEnhance.Brightness(sprite.convert("RGB")).enhance(rng.uniform(0.7, 1.3))
+        rgb = ImageEnhance.Color(rgb).enhance(rng.uniform(0.6, 1.4)).convert("RGBA")
+        rgb.putalpha(alpha)
+        sprite = rgb
+    return sprite
+
+
+def vary_image(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A training augmentation of the whole picture: sometimes blurred, sometimes of another
+    contrast, sometimes grainy."""
+    if rng.random() < 0.3:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5)))
+    if rng.random() < 0.3:
+        image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.6, 1.3))
+    if rng.random() < 0.3:
+        pixels = np.asarray(image, np.float32)
+        image = _picture(pixels + rng.normal(0, rng.uniform(3, 12), pixels.shape))
+    return image
+
+
 # ---------------------------------------------------------------------------------------------
 # Scenes
 
@@ -330,7 +359,8 @@ def make_scene(
     drawn from the inclusive range `objects` (fewer when they do not fit), the background kind
     from `backgrounds`. Objects overlap at most a little (box IoU <= `MAX_IOU`, at least
     `MIN_VISIBLE` of each object's pixels uncovered); each box is the tight box of the object's
-    visible pixels, relative to the image. `style="unseen"` draws every object in a style no
+    visible pixels, relative to the image. `style="varied"` augments the trained look for
+    training (`vary_glyph`, `vary_image`); `style="unseen"` draws every object in a style no
     trained scene uses (`restyle`) on a photograph no trained scene shows (`backgrounds` unused).
     """
     if style not in STYLES:
@@ -362,6 +392,8 @@ def make_scene(
             if attempt and attempt % 15 == 0:
                 size = max(MIN_SIZE * short, size * 0.75)  # crowded: try smaller
             sprite = render_glyph(cls, max(4, round(size)))
+            if style == "varied":
+                sprite = vary_glyph(sprite, rng)
             if sprite.width > width or sprite.height > height:
                 continue
             x = int(rng.integers(0, width - sprite.width + 1))
@@ -389,7 +421,8 @@ def make_scene(
         x0, y0, x1, y1 = _bbox(mask)
         box = (x0 / width, y0 / height, x1 / width, y1 / height)
         scene_objects.append(SceneObject(cls.name, box, mask))
-    return Scene(canvas.convert("RGB"), scene_objects)
+    image = canvas.convert("RGB")
+    return Scene(vary_image(image, rng) if style == "varied" else image, scene_objects)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1037,9 +1070,10 @@ def write_dataset(
     ``i`` depends only on ``(seed, i)``. Refuses to write over an existing data set unless
     `force`. `workers` > 1 draws scenes in that many processes (same files). `wording="unseen"`
     asks every question in a wording the trained one never uses (`UNSEEN_WORDINGS`): the same
-    scenes and answers, to test robustness to new phrasings. `style="unseen"` draws the objects
-    in styles and on backgrounds the trained scenes never use (see `make_scene`): other scenes,
-    to test robustness to new looks. Returns a summary: paths and counts per task type.
+    scenes and answers, to test robustness to new phrasings. `style="varied"` augments the
+    trained scenes (turned, recoloured, blurred, grainy) for training; `style="unseen"` draws
+    the objects in styles and on backgrounds the trained scenes never use (see `make_scene`):
+    other scenes, to test robustness to new looks. Returns a summary: paths and counts per task type.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1 scene, got {n}")

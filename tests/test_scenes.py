@@ -23,6 +23,7 @@ from cogvlm_lite.scenes import (
     restyle,
     scene_conversations,
     scene_questions,
+    vary_glyph,
     vocabulary,
     write_dataset,
 )
@@ -217,6 +218,35 @@ def test_restyled_glyph_keeps_its_shape_in_new_colours(seed):
     before = np.asarray(glyph)[..., :3][shown].astype(int)
     after = np.asarray(styled)[..., :3][shown].astype(int)
     assert np.abs(after - before).mean() > 10
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_varied_glyph_keeps_its_colours_and_about_its_size(seed):
+    glyph = render_glyph(next(c for c in vocabulary() if c.name == "tomato"), 48)
+    rng = np.random.default_rng(seed)
+    varied = [vary_glyph(glyph, rng) for _ in range(8)]
+    area = (np.asarray(glyph)[..., 3] >= 128).sum()
+    for v in varied:
+        assert v.mode == "RGBA" and abs((np.asarray(v)[..., 3] >= 128).sum() / area - 1) < 0.2
+        shown = np.asarray(v)[..., 3] >= 128
+        red, green = np.asarray(v)[..., 0][shown].mean(), np.asarray(v)[..., 1][shown].mean()
+        assert red > green + 30  # still a red tomato (restyle would make it grey or blue)
+    assert any(v.size != glyph.size for v in varied)  # some are turned
+
+
+def test_varied_style_augments_the_trained_scenes(tmp_path, dataset):
+    trained_dir, trained = dataset
+    varied = write_dataset(tmp_path / "varied", 20, seed=0, style="varied")
+    assert set(varied["question_types"]) == set(trained["question_types"])
+    assert _files(tmp_path / "varied")["images/000000.png"] != _files(trained_dir)["images/000000.png"]
+    for seed in range(10):
+        scene = make_scene(np.random.default_rng(seed), style="varied")
+        assert scene.objects
+        for o in scene.objects:  # each box is still the tight box of the object's pixels
+            h, w = o.mask.shape
+            x0, y0, x1, y1 = o.box
+            rows, cols = np.flatnonzero(o.mask.any(1)), np.flatnonzero(o.mask.any(0))
+            assert (cols[0] / w, rows[0] / h, (cols[-1] + 1) / w, (rows[-1] + 1) / h) == o.box
 
 
 def test_unseen_style_draws_other_scenes_with_the_same_kinds_of_questions(tmp_path, dataset):
