@@ -475,7 +475,9 @@ def _load(path, device, dtype, image_size=None) -> VisionLanguageModel:
             log.warning("no trained checkpoint at %s: the visual expert is untrained, so answers "
                         "about images will be poor (text-only answers are the base model's).",
                         DEFAULT_CHECKPOINT)
-            return build_model(device=device, dtype=dtype)
+            config = ModelConfig()
+            config.vision.image_size = image_size or config.vision.image_size
+            return build_model(config, device=device, dtype=dtype)
         path = DEFAULT_CHECKPOINT
     path = Path(path)
     meta = read_checkpoint_config(path)

@@ -286,3 +286,14 @@ def test_shrinking_needs_a_low_rank_expert(tiny_lm_dir, tiny_encoder_file):
     full = build_model(tiny_config(tiny_lm_dir, tiny_encoder_file, kind="full"), device="cpu")
     with pytest.raises(ValueError, match="only a low-rank expert"):
         full.shrink_expert(2)
+
+
+@pytest.mark.weights
+def test_without_a_default_checkpoint_the_untrained_model_takes_the_image_size(monkeypatch,
+                                                                                 tmp_path):
+    import cogvlm_lite.model as model_module
+
+    monkeypatch.setattr(model_module, "DEFAULT_CHECKPOINT", tmp_path / "none")
+    model = load_model(device="cpu", image_size=320)
+    assert model.config.vision.image_size == 320
+    assert model.pixels([image()]).shape[-2:] == (320, 320)
