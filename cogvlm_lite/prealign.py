@@ -77,13 +77,13 @@ def name_targets(tokenizer, names: list[str], device=None) -> tuple[list[int], t
     return words, target
 
 
-def prealign(model, data: str | Path, images: list[Path], features: torch.Tensor,
+def prealign(model, objects: dict[Path, list[dict]], images: list[Path], features: torch.Tensor,
              epochs: int = 10, lr: float = 3e-3, batch: int = 8, seed: int = 0) -> float:
     """Train the adapter's projection (and word scale) so each cell picks its object's words.
 
-    Returns the last epoch's share of object cells whose top word is one of their name's.
+    `objects` maps image paths to their objects (`read_objects`). Returns the last epoch's share
+    of object cells whose top word is one of their name's.
     """
-    objects = read_objects(data)
     adapter = model.adapter
     vocabulary = model.lm.embed_tokens.weight.detach()
     device = adapter.linear.weight.device
@@ -183,7 +183,7 @@ def probe_image_size(model, data: str | Path, eval_data: str | Path, images: int
     train_objects, eval_objects = read_objects(data), read_objects(eval_data)
     train_images, eval_images = sorted(train_objects)[:images], sorted(eval_objects)
     features = encode_images(model, train_images)
-    accuracy = prealign(model, data, train_images, features, epochs, seed=seed)
+    accuracy = prealign(model, train_objects, train_images, features, epochs, seed=seed)
     result = probe(model, eval_objects, eval_images, encode_images(model, eval_images))
     return {"image_size": model.config.vision.image_size, "grid": list(model.adapter.grid),
             "train_accuracy": accuracy, **result}

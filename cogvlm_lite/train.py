@@ -143,9 +143,9 @@ class Trainer:
             if self.features is None:
                 raise ValueError("--prealign-epochs needs cached encoder features; drop "
                                  "--no-cache-features")
-            from .prealign import prealign
+            from .prealign import prealign, read_objects
 
-            prealign(model, cfg.data, self.data.images, self.features, cfg.prealign_epochs,
+            prealign(model, read_objects(cfg.data), self.data.images, self.features, cfg.prealign_epochs,
                      lr=cfg.adapter_lr, seed=cfg.seed)
         self.autocast_dtype = torch.bfloat16 if cfg.bf16 else None
         if cfg.bf16:

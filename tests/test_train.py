@@ -213,7 +213,8 @@ def test_warm_start_refuses_another_expert(scenes, tiny_checkpoint, tmp_path, op
         train(config)
 
 
-def test_prealignment_pulls_cells_towards_object_names(scenes, tiny_model):
+def test_prealignment_pulls_cells_towards_object_names(scenes, tiny_model, tiny_checkpoint,
+                                                       tmp_path):
     from cogvlm_lite.data import ConversationData, encode_images
     from cogvlm_lite.prealign import BACKGROUND, cell_labels, prealign, probe, read_objects
 
@@ -223,12 +224,17 @@ def test_prealignment_pulls_cells_towards_object_names(scenes, tiny_model):
                             tiny_model.adapter.num_tokens)
     features = encode_images(tiny_model, data.images)
     objects = read_objects(scenes / "train.jsonl")
-    first = prealign(tiny_model, scenes / "train.jsonl", data.images, features, epochs=1)
-    later = prealign(tiny_model, scenes / "train.jsonl", data.images, features, epochs=30)
+    first = prealign(tiny_model, objects, data.images, features, epochs=1)
+    later = prealign(tiny_model, objects, data.images, features, epochs=30)
     assert later > first
     after = probe(tiny_model, objects, data.images, features)
     assert after["all"]["n"] == sum(len(objects[p]) for p in data.images)
     assert after["all"]["n"] == sum(after[size]["n"] for size in ("small", "medium", "large"))
+
+    run = tmp_path / "prealigned"  # as the first stage of a training run
+    train(TrainConfig(data=str(scenes / "train.jsonl"), out=str(run), init_from=tiny_checkpoint,
+                      prealign_epochs=1, steps=1, batch_size=2, save_every=0, device="cpu"))
+    assert (run / "model.safetensors").is_file()
 
 
 def test_probe_names_and_points_from_the_cells_word_choice(tiny_model, monkeypatch):
