@@ -139,6 +139,9 @@ def add_dataclass_arguments(p: argparse.ArgumentParser, name: str) -> None:
     for f in dataclasses.fields(getattr(train, name)):
         flag = "--" + f.name.replace("_", "-")
         required = f.default is dataclasses.MISSING
+        if f.type == "bool | None":  # unset: the program decides
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            continue
         if f.type in ("bool", bool):
             if f.default:
                 p.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name,

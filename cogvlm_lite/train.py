@@ -1,6 +1,7 @@
 """Fine-tuning the visual expert and adapter; the language model and image encoder stay frozen.
 
-bf16 autocast (fp32 master weights, frozen weights kept in bf16 so no step casts them), AdamW
+bf16 autocast where bf16 products are fast (fp32 master weights, frozen weights kept in bf16 so
+no step casts them; fp32 on CPUs without native bf16), AdamW
 with warmup + cosine decay, gradient clipping and accumulation, frozen-encoder features computed
 once. A run directory holds:
 
@@ -42,6 +43,7 @@ from .data import (
     read_conversations,
 )
 from .expert import ExpertConfig
+from .fastdecode import onednn_bf16
 from .model import (
     ModelConfig,
     VisionLanguageModel,
@@ -80,7 +82,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: evaluate only at the end (when eval_data is given)
     eval_limit: int = 200
     eval_max_new_tokens: int = 160
-    bf16: bool = True
+    bf16: bool | None = None  # bf16 autocast; default: where products run fast in bf16
     save_dtype: str = "float32"  # of the exported checkpoint; "bfloat16" halves its size
     cache_features: bool = True
     pack: bool = False  # merge the conversations about one image into multi-turn ones
@@ -147,8 +149,15 @@ class Trainer:
 
             prealign(model, read_objects(cfg.data), self.data.images, self.features, cfg.prealign_epochs,
                      lr=cfg.adapter_lr, seed=cfg.seed)
-        self.autocast_dtype = torch.bfloat16 if cfg.bf16 else None
-        if cfg.bf16:
+        bf16 = cfg.bf16
+        if bf16 is None:
+            bf16 = self.device.type != "cpu" or onednn_bf16()
+        elif bf16 and self.device.type == "cpu" and not onednn_bf16():
+            log.warning("--bf16 on this CPU: it has no native bf16 products, so PyTorch runs them "
+                        "many times slower than fp32; drop --bf16 to train in fp32")
+        log.info("training in %s", "bf16 autocast" if bf16 else "fp32")
+        self.autocast_dtype = torch.bfloat16 if bf16 else None
+        if bf16:
             freeze_in(model, torch.bfloat16)
         adapter = [p for p in model.adapter.parameters()]
         expert = [p for n, p in model.lm.named_parameters() if ".expert." in n]

@@ -216,6 +216,11 @@ def test_projection_adapter_without_words(tiny_lm_dir, tiny_encoder_file):
 
 
 def test_image_prompts_prefill_under_bf16_autocast_and_text_prompts_do_not(tiny_model, monkeypatch):
+    from cogvlm_lite.fastdecode import onednn_bf16
+
+    # by default only where the CPU has native bf16 products: elsewhere bf16 is the slow path
+    assert tiny_model.image_prefill_bf16 == onednn_bf16()
+    monkeypatch.setattr(tiny_model, "image_prefill_bf16", True)
     seen = []
     hidden_states = tiny_model.hidden_states
 
@@ -228,7 +233,7 @@ def test_image_prompts_prefill_under_bf16_autocast_and_text_prompts_do_not(tiny_
     tiny_model.chat(image, "What is this?", max_new_tokens=2)
     tiny_model.chat(image, "And now?", history=[("What is this?", "A cat.")], max_new_tokens=2)
     tiny_model.chat(None, "Hello", max_new_tokens=2)
-    tiny_model.image_prefill_bf16 = False
+    monkeypatch.setattr(tiny_model, "image_prefill_bf16", False)
     tiny_model.chat(image, "What is this?", max_new_tokens=2)
     assert seen == [True, True, False, False]
 

@@ -354,3 +354,21 @@ def test_answers_learn_to_depend_on_the_image(tmp_path):
         own = loss(answer, i)
         others = [loss(answer, j) for j in range(4) if j != i]
         assert own + 0.3 < min(others), (answer, own, others)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_autocast_only_where_the_cpu_runs_bf16_products_natively(scenes, tiny_checkpoint,
+                                                                       tmp_path, monkeypatch,
+                                                                       caplog, native):
+    import cogvlm_lite.train as train_module
+
+    monkeypatch.setattr(train_module, "onednn_bf16", lambda: native)
+    config = dict(data=str(scenes / "train.jsonl"), init_from=tiny_checkpoint, steps=1,
+                  batch_size=2, save_every=0, device="cpu")
+    with caplog.at_level("INFO", logger="cogvlm_lite.train"):
+        train(TrainConfig(out=str(tmp_path / "auto"), **config))
+        assert ("training in bf16 autocast" if native else "training in fp32") in caplog.text
+        caplog.clear()
+        train(TrainConfig(out=str(tmp_path / "asked"), bf16=True, **config))
+    assert "training in bf16 autocast" in caplog.text
+    assert ("no native bf16" in caplog.text) is not native
