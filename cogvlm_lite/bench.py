@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .train import bf16_pays
+
 FORMATS = ("fp32", "bf16", "int8", "int4")  # fused decode formats measured beside the exact path
 QUESTION = "Where is the dog in this picture? Answer in [[x0,y0,x1,y1]] format, please."
 
@@ -129,6 +131,7 @@ def run_bench(tokens: int = 128, repeats: int = 3, quick: bool = False, device: 
 
     train_s, plain_s, n_train = training_speed(model, repeats)
     figures["train_tok_s"] = round(n_train / train_s, 1)
+    figures["train_precision"] = "bf16 autocast" if bf16_pays(model.device) else "fp32"
     figures["lm_forward_backward_tok_s"] = round(n_train / plain_s, 1)
     figures["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if cuda:
@@ -247,9 +250,10 @@ def llama_cpp_decode(tokens: int, repeats: int) -> float | str:
 
 
 def training_speed(model, repeats: int, batch: int = 8) -> tuple[float, float, int]:
-    """Seconds per step: expert fine-tuning vs a plain LM forward+backward on as many tokens.
+    """Seconds per step: expert fine-tuning vs a plain LM forward+backward on as many tokens,
+    both in the precision training picks here (bf16 autocast where it pays, else fp32).
 
-    Runs last: it keeps `model`'s frozen weights in bf16 from here on, as training does.
+    Runs last: it may keep `model`'s frozen weights in bf16 from here on, as training does.
     """
     from .conversation import as_messages
     from .decoder import Decoder
@@ -258,7 +262,9 @@ def training_speed(model, repeats: int, batch: int = 8) -> tuple[float, float, i
 
     trainee = model.train()
     device = trainee.device
-    freeze_in(trainee, torch.bfloat16)
+    bf16 = bf16_pays(device)
+    if bf16:
+        freeze_in(trainee, torch.bfloat16)
     messages = as_messages([(QUESTION, "[[120,340,560,780]]")] * 2)
     enc = trainee.builder.encode(messages, image_tokens=trainee.adapter.num_tokens,
                                  generation_prompt=False)
@@ -269,7 +275,7 @@ def training_speed(model, repeats: int, batch: int = 8) -> tuple[float, float, i
     opt = torch.optim.AdamW(params, lr=1e-5)
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = trainee(input_ids=ids, image_features=features, labels=labels)
         out.loss.backward()
         opt.step()
@@ -277,13 +283,13 @@ def training_speed(model, repeats: int, batch: int = 8) -> tuple[float, float, i
 
     n_tokens = batch * (ids.shape[1] + trainee.adapter.num_tokens - 1)
     train_s = median_time(step, repeats)
-    lm = Decoder.from_pretrained(default_lm_dir()).to(device, torch.bfloat16)
+    lm = Decoder.from_pretrained(default_lm_dir()).to(device, torch.bfloat16 if bf16 else None)
     for name, p in lm.named_parameters():
         p.requires_grad_(name.split(".")[-2] in ("gate_proj", "up_proj", "down_proj"))
     plain_ids = torch.randint(0, lm.config.vocab_size, (batch, n_tokens // batch), device=device)
 
     def plain():
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = lm.logits(lm(plain_ids))
             loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
                                                      plain_ids[:, 1:].flatten())
