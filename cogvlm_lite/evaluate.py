@@ -15,7 +15,10 @@ and dropping the articles a/an/the. Box matches need IoU > 0.5 (strictly), every
   pooled into ``multi_precision`` and ``multi_recall``. Acc@0.5 is also split by the size of the
   (merged) reference box's longer side in the 0-999 grid: ``small`` under 200 (a fifth of the
   image), ``medium`` under 300, ``large`` from 300 on; ``n_small``, ``n_medium``, ``n_large``
-  count them.
+  count them. Two more figures tell a misplaced box from a mis-sized one, overall and by size:
+  ``centred`` is the share of answers whose (merged) box has its centre inside the reference
+  box, and ``scale`` the median, over those, of the square root of the answer box's area over the
+  reference's: above 1 the boxes are too large, below 1 too small.
 - ``reg`` (region -> name), ``spatial``, ``caption`` and any other type: normalised exact match;
   a ``spatial`` reference that is just "Yes." or "No." is scored like ``exist``.
 - ``count``: the first number in the answer (digits, or a word from zero to twenty) equals the
@@ -32,7 +35,8 @@ and dropping the articles a/an/the. Box matches need IoU > 0.5 (strictly), every
     {
       "<type>": {"n", "correct", "missing", "accuracy"},   # one entry per type present
       "rec":  {... also "acc@0.5" (= accuracy), "n_multi", "multi_precision", "multi_recall",
-               "n_small", "acc_small", "n_medium", "acc_medium", "n_large", "acc_large"},
+               "n_small", "acc_small", "n_medium", "acc_medium", "n_large", "acc_large",
+               "centred", "scale", and "centred_<size>", "scale_<size>" for each size},
       "gcap": {... also "box_precision", "box_recall", "named_precision", "named_recall"},
       "overall": {"n", "correct", "accuracy"},             # over all questions
       "missing": int,       # questions with no prediction (scored as wrong)
@@ -41,7 +45,8 @@ and dropping the articles a/an/the. Box matches need IoU > 0.5 (strictly), every
 
 Types come in the order rec, reg, count, exist, spatial, gcap, caption, then others by name;
 a question without a type is scored as ``other``. A rate whose items are all absent
-(``multi_*`` with no multi-box reference, ``acc_small`` with no small box) is ``null``;
+(``multi_*`` with no multi-box reference, ``acc_small`` with no small box, ``scale`` with no
+centred box) is ``null``;
 precision over no predicted box is 0.
 """
 
@@ -49,8 +54,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
+import statistics
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -343,10 +350,15 @@ class _Tally:
     def __init__(self):
         self.n = self.correct = self.missing = 0
         self.counts: dict[str, int] = {}
+        self.values: dict[str, list[float]] = {}
 
     def add(self, **counts: int) -> None:
         for key, value in counts.items():
             self.counts[key] = self.counts.get(key, 0) + value
+
+    def median(self, key: str) -> float | None:
+        values = self.values.get(key)
+        return statistics.median(values) if values else None
 
 
 def _score_one(kind: str, qid: str, reference: str, prediction: str, tally: _Tally) -> bool:
@@ -361,9 +373,15 @@ def _score_one(kind: str, qid: str, reference: str, prediction: str, tally: _Tal
             tally.add(n_multi=1, multi_matched=match_boxes(boxes, ref_boxes),
                       multi_predicted=len(boxes), multi_reference=len(ref_boxes))
         reference_box = merge_boxes(ref_boxes)
-        right = bool(boxes) and iou(merge_boxes(boxes), reference_box) > IOU_THRESHOLD
+        box = merge_boxes(boxes) if boxes else None
+        right = box is not None and iou(box, reference_box) > IOU_THRESHOLD
+        centred = box is not None and _centre_inside(box, reference_box)
         size = size_name(reference_box)
-        tally.add(**{f"n_{size}": 1, f"correct_{size}": right})
+        tally.add(**{f"n_{size}": 1, f"correct_{size}": right, f"centred_{size}": centred})
+        if centred and _area(reference_box) > 0:
+            scale = math.sqrt(_area(box) / _area(reference_box))
+            for key in ("scale", f"scale_{size}"):
+                tally.values.setdefault(key, []).append(scale)
         return right
     if kind == "gcap":
         ref = _named_boxes(reference)
@@ -387,6 +405,15 @@ def _score_one(kind: str, qid: str, reference: str, prediction: str, tally: _Tal
             return normalize(prediction) == normalize(reference)
         return first_yes_no(prediction) == answer
     return normalize(prediction) == normalize(reference)
+
+
+def _area(box: Box) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
+def _centre_inside(box: Box, reference: Box) -> bool:
+    x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return reference[0] <= x <= reference[2] and reference[1] <= y <= reference[3]
 
 
 def size_name(box: Box) -> str:
@@ -446,6 +473,11 @@ def score(questions: Sequence[dict], predictions: Sequence[dict]) -> dict:
             for size, _ in SIZES:
                 entry[f"n_{size}"] = c.get(f"n_{size}", 0)
                 entry[f"acc_{size}"] = _ratio(c.get(f"correct_{size}", 0), entry[f"n_{size}"])
+            entry["centred"] = _ratio(sum(c.get(f"centred_{size}", 0) for size, _ in SIZES), t.n)
+            entry["scale"] = t.median("scale")
+            for size, _ in SIZES:
+                entry[f"centred_{size}"] = _ratio(c.get(f"centred_{size}", 0), entry[f"n_{size}"])
+                entry[f"scale_{size}"] = t.median(f"scale_{size}")
         elif kind == "gcap":
             predicted, reference = c.get("box_predicted", 0), c.get("box_reference", 0)
             entry["box_precision"] = _precision(c.get("box_matched", 0), predicted, t.n)

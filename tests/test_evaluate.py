@@ -81,7 +81,13 @@ EXPECTED = {
             "multi_precision": 2 / 3, "multi_recall": 2 / 3,
             # BOX's longer side is 0.2 of the image (medium); MULTI's merged box 0.7 (large)
             "n_small": 0, "acc_small": None, "n_medium": 4, "acc_medium": 2 / 4,
-            "n_large": 1, "acc_large": 1.0},
+            "n_large": 1, "acc_large": 1.0,
+            # every answered box is centred on its reference; "rec-near"'s is 1% larger a side,
+            # "rec-multi"'s merged box sqrt(504 * 499 / (700 * 500)) = 0.848 as large a side
+            "centred": 4 / 5, "scale": pytest.approx(1.0),
+            "centred_small": None, "scale_small": None,
+            "centred_medium": 3 / 4, "scale_medium": pytest.approx(1.0),
+            "centred_large": 1.0, "scale_large": pytest.approx(0.8477, abs=1e-4)},
     "reg": {"n": 2, "correct": 1, "missing": 0, "accuracy": 1 / 2},
     "count": {"n": 3, "correct": 2, "missing": 0, "accuracy": 2 / 3},
     "exist": {"n": 2, "correct": 1, "missing": 0, "accuracy": 1 / 2},
@@ -116,7 +122,8 @@ def test_perfect_predictions_score_one_everywhere():
             rates = {k: v for k, v in entry.items()
                      if not (k.startswith("n_") or k in ("n", "correct", "missing"))}
             assert rates and all(v in (1.0, None) for v in rates.values()), (kind, entry)
-            assert sum(v == 1.0 for v in rates.values()) >= len(rates) - 1
+            empty = {k for k, v in rates.items() if v is None}
+            assert empty <= {"acc_small", "centred_small", "scale_small"}, (kind, empty)
 
 
 def test_mixed_predictions_give_exact_numbers():
@@ -144,6 +151,20 @@ def test_rec_accuracy_is_split_by_reference_box_size():
     assert (rec["n_small"], rec["acc_small"]) == (2, 1 / 2)
     assert (rec["n_medium"], rec["acc_medium"]) == (1, 1.0)
     assert (rec["n_large"], rec["acc_large"]) == (2, 1 / 2)  # "apart" merges to a large box
+
+
+def test_rec_tells_misplaced_boxes_from_missized_ones():
+    questions = [q("big", "rec", "[[100,100,200,200]]"), q("small", "rec", "[[400,400,800,800]]"),
+                 q("away", "rec", "[[100,100,200,200]]"), q("none", "rec", "[[100,100,200,200]]")]
+    answers = {"big": "[[050,050,250,250]]",  # centred, twice as wide and high
+               "small": "[[550,550,650,650]]",  # centred, a quarter as wide and high
+               "away": "[[700,700,800,800]]", "none": "I cannot see it."}
+    rec = score(questions, [{"id": k, "prediction": v} for k, v in answers.items()])["rec"]
+    assert rec["centred"] == 2 / 4
+    assert rec["scale"] == pytest.approx((2.0 + 0.25) / 2)
+    assert (rec["centred_small"], rec["scale_small"]) == (1 / 3, pytest.approx(2.0))
+    assert (rec["centred_large"], rec["scale_large"]) == (1.0, pytest.approx(0.25))
+    assert (rec["centred_medium"], rec["scale_medium"]) == (None, None)
 
 
 def test_scoring_needs_reference_answers():
