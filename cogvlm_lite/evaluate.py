@@ -345,7 +345,7 @@ def _ratio(num: int, den: int) -> float | None:
 
 
 class _Tally:
-    """Counts for one task type."""
+    """Counts, and values to take medians of, for one task type."""
 
     def __init__(self):
         self.n = self.correct = self.missing = 0
