@@ -43,8 +43,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--force", action="store_true", help="overwrite an existing data set")
     p.add_argument("--workers", type=int, default=1, help="processes drawing scenes (same files)")
-    p.add_argument("--wording", choices=("trained", "unseen"), default="trained",
-                   help="unseen: the same scenes and answers, every question worded as training "
+    p.add_argument("--wording", choices=("trained", "varied", "unseen"), default="trained",
+                   help="varied: about half the questions in more phrasings, for training; "
+                        "unseen: the same scenes and answers, every question worded as training "
                         "data never is (to test robustness to new phrasings)")
     p.add_argument("--style", choices=("trained", "varied", "unseen"), default="trained",
                    help="varied: the trained look augmented (turned, recoloured, blurred, "

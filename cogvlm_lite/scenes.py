@@ -473,7 +473,7 @@ class _View:
             raise ValueError("a scene needs at least one object to ask about")
         if wording not in WORDINGS:
             raise ValueError(f"wording must be one of {WORDINGS}, not {wording!r}")
-        self.unseen = wording == "unseen"
+        self.wording = wording
         self.objects = scene.objects
         self.size = scene.image.size
         self.plurals = {c.name: c.plural for c in _vocabulary()}
@@ -490,13 +490,18 @@ class _View:
         return self.plurals.get(name, name + "s")
 
     def say(self, rng: np.random.Generator, templates: tuple[str, ...]) -> str:
-        """One of `templates`; in the unseen wording, its counterpart in `UNSEEN_WORDINGS`.
+        """One of `templates`; in the unseen wording, its counterpart in `UNSEEN_WORDINGS`; in
+        the varied one, half the time one of `VARIED_WORDINGS`.
 
-        Counterparts pair one to one and take the same random draw, so both wordings give the
-        same scenes, the same answers and the same choice of questions.
+        Unseen counterparts pair one to one and take the same random draw, so the trained and
+        unseen wordings give the same scenes, the same answers and the same choice of questions.
         """
         i = int(rng.integers(len(templates)))
-        return UNSEEN_WORDINGS[templates][i] if self.unseen else templates[i]
+        if self.wording == "unseen":
+            return UNSEEN_WORDINGS[templates][i]
+        if self.wording == "varied" and rng.random() < 0.5:
+            return _pick(rng, VARIED_WORDINGS[templates])
+        return templates[i]
 
     def phrase(self, name: str) -> str:
         """'a dog' or 'two dogs'."""
@@ -731,7 +736,83 @@ UNSEEN_WORDINGS: dict[tuple[str, ...], tuple[str, ...]] = {
         "Tell me which things appear in this picture.",
     ),
 }
-WORDINGS = ("trained", "unseen")
+# More phrasings for training (`--wording varied`: about half the questions take one of these),
+# none of them in the unseen set above, so that set stays a test of phrasings never trained on.
+VARIED_WORDINGS: dict[tuple[str, ...], tuple[str, ...]] = {
+    _REC: (
+        "Please locate the {n}.",
+        "Output the bounding box of the {n}.",
+        "Where does the {n} appear?",
+        "Find the {n} and return its box.",
+        "Box of the {n}?",
+    ),
+    _REC_ALL: (
+        "Please locate all the {p}.",
+        "Output the bounding boxes of the {p}.",
+        "Where do the {p} appear?",
+        "Find each {n} and return the boxes.",
+    ),
+    _REC_WHICH["left"]: ("the {n} at the far left", "the left-hand {n}"),
+    _REC_WHICH["right"]: ("the {n} at the far right", "the right-hand {n}"),
+    _REC_WHICH["top"]: ("the uppermost {n}", "the {n} highest up"),
+    _REC_WHICH["bottom"]: ("the {n} lowest down", "the {n} at the foot of the image"),
+    _REC_ONE: (
+        "Please locate {t}.",
+        "Output the bounding box of {t}.",
+        "Where does {t} appear?",
+    ),
+    _REG_BOX: (
+        "What is shown in the box {b}?",
+        "Which object is shown in {b}?",
+        "Name the thing in the region {b}.",
+    ),
+    _REG_POINT: (
+        "What is shown at {b}?",
+        "Which object is shown at the point {b}?",
+        "Name the thing at the point {b}.",
+    ),
+    _COUNT: (
+        "How many {p} does the image contain?",
+        "Please count the {p}.",
+        "Number of {p} in the image?",
+    ),
+    _COUNT_ALL: (
+        "How many objects does the image contain?",
+        "Please count the objects.",
+        "Number of objects in the image?",
+    ),
+    _EXIST: (
+        "Is {a} present in the image?",
+        "Do you see {a}?",
+        "Does {a} appear in the image?",
+    ),
+    _RELATION["left"]: ("Is the {a} on the left side of the {b}?",),
+    _RELATION["right"]: ("Is the {a} on the right side of the {b}?",),
+    _RELATION["above"]: ("Is the {a} situated above the {b}?",),
+    _RELATION["below"]: ("Is the {a} situated below the {b}?",),
+    _WHICH_OF_TWO["left"]: ("The {a} or the {b}: which is on the left?",),
+    _WHICH_OF_TWO["right"]: ("The {a} or the {b}: which is on the right?",),
+    _WHICH_OF_TWO["above"]: ("The {a} or the {b}: which is higher?",),
+    _WHICH_OF_TWO["below"]: ("The {a} or the {b}: which is lower?",),
+    _EXTREME["biggest"]: ("What is the biggest thing in the image?",),
+    _EXTREME["smallest"]: ("What is the tiniest object in the image?",),
+    _EXTREME["left"]: ("What object is on the far left?",),
+    _EXTREME["right"]: ("What object is on the far right?",),
+    _EXTREME["top"]: ("What object is highest in the image?",),
+    _EXTREME["bottom"]: ("What object is lowest in the image?",),
+    _CORNER: ("Name the object in the {c} corner.",),
+    _GCAP: (
+        "Describe the image with bounding boxes.",
+        "Name the objects in the image and give their boxes.",
+        "What is in the image? Answer with a box for each object.",
+    ),
+    _CAPTION: (
+        "Describe this image.",
+        "What does the image show?",
+        "Name the objects in the image.",
+    ),
+}
+WORDINGS = ("trained", "varied", "unseen")
 
 QA = tuple[str, str]
 
@@ -1070,7 +1151,8 @@ def write_dataset(
     ``i`` depends only on ``(seed, i)``. Refuses to write over an existing data set unless
     `force`. `workers` > 1 draws scenes in that many processes (same files). `wording="unseen"`
     asks every question in a wording the trained one never uses (`UNSEEN_WORDINGS`): the same
-    scenes and answers, to test robustness to new phrasings. `style="varied"` augments the
+    scenes and answers, to test robustness to new phrasings; `wording="varied"` asks about half
+    the questions in more phrasings (`VARIED_WORDINGS`), for training. `style="varied"` augments the
     trained scenes (turned, recoloured, blurred, grainy) for training; `style="unseen"` draws
     the objects in styles and on backgrounds the trained scenes never use (see `make_scene`):
     other scenes, to test robustness to new looks. Returns a summary: paths and counts per task type.

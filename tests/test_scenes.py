@@ -16,6 +16,7 @@ from cogvlm_lite.scenes import (
     MAX_IOU,
     TASK_TYPES,
     UNSEEN_WORDINGS,
+    VARIED_WORDINGS,
     Scene,
     background,
     make_scene,
@@ -204,6 +205,29 @@ def test_unseen_wording_asks_the_same_things_in_new_words(tmp_path, dataset):
         assert not any(p.fullmatch(question) for p in patterns), question
     with pytest.raises(ValueError, match="wording"):
         write_dataset(tmp_path / "bad", 1, wording="novel")
+
+
+def test_varied_wording_adds_training_phrasings_and_none_of_the_unseen(tmp_path, dataset):
+    trained_dir, trained = dataset
+    varied_dir = tmp_path / "varied"
+    varied = write_dataset(varied_dir, 20, seed=0, wording="varied")
+    assert set(varied["question_types"]) == set(trained["question_types"])
+    assert _files(varied_dir)["images/000007.png"] == _files(trained_dir)["images/000007.png"]
+    assert set(VARIED_WORDINGS) == set(UNSEEN_WORDINGS)
+    unseen = {t for templates in UNSEEN_WORDINGS.values() for t in templates}
+    extra = {t for templates in VARIED_WORDINGS.values() for t in templates}
+    assert not extra & unseen and not extra & set(UNSEEN_WORDINGS)  # nothing shared
+    own = [_template_pattern(t) for templates in UNSEEN_WORDINGS for t in templates]
+    more = [_template_pattern(t) for t in extra]
+    never = [_template_pattern(t) for t in unseen]
+    questions = [q["question"] for q in _read_jsonl(varied_dir / "questions.jsonl")]
+    for conversation in _read_jsonl(varied_dir / "train.jsonl"):
+        questions += [m["content"] for m in conversation["messages"] if m["role"] == "user"]
+    new = [q for q in questions if not any(p.fullmatch(q) for p in own)]
+    assert len(new) > len(questions) / 4, (len(new), len(questions))  # about half
+    for question in new:
+        assert any(p.fullmatch(question) for p in more), question
+        assert not any(p.fullmatch(question) for p in never), question
 
 
 @pytest.mark.parametrize("seed", range(6))
