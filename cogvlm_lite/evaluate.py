@@ -63,7 +63,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .grounding import Box, iou, merge_boxes, parse_boxes, parse_groundings
+from .grounding import Box, box_area, box_centre, iou, merge_boxes, parse_boxes, parse_groundings
 
 log = logging.getLogger(__name__)
 
@@ -378,8 +378,8 @@ def _score_one(kind: str, qid: str, reference: str, prediction: str, tally: _Tal
         centred = box is not None and _centre_inside(box, reference_box)
         size = size_name(reference_box)
         tally.add(**{f"n_{size}": 1, f"correct_{size}": right, f"centred_{size}": centred})
-        if centred and _area(reference_box) > 0:
-            scale = math.sqrt(_area(box) / _area(reference_box))
+        if centred and box_area(reference_box) > 0:
+            scale = math.sqrt(box_area(box) / box_area(reference_box))
             for key in ("scale", f"scale_{size}"):
                 tally.values.setdefault(key, []).append(scale)
         return right
@@ -407,12 +407,8 @@ def _score_one(kind: str, qid: str, reference: str, prediction: str, tally: _Tal
     return normalize(prediction) == normalize(reference)
 
 
-def _area(box: Box) -> float:
-    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
-
-
 def _centre_inside(box: Box, reference: Box) -> bool:
-    x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    x, y = box_centre(box)
     return reference[0] <= x <= reference[2] and reference[1] <= y <= reference[3]
 
 

@@ -157,14 +157,21 @@ def parse_boxes(text: str) -> list[Box]:
     return [box for g in parse_groundings(text) for box in g.boxes]
 
 
+def box_centre(box: Box) -> tuple[float, float]:
+    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+
+
+def box_area(box: Box) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
 def iou(a: Box, b: Box) -> float:
     """Intersection over union of two boxes; 0 when they do not overlap or one has no area."""
     iw = min(a[2], b[2]) - max(a[0], b[0])
     ih = min(a[3], b[3]) - max(a[1], b[1])
     if iw <= 0 or ih <= 0:
         return 0.0
-    area_a = (a[2] - a[0]) * (a[3] - a[1])
-    area_b = (b[2] - b[0]) * (b[3] - b[1])
+    area_a, area_b = box_area(a), box_area(b)
     if area_a <= 0 or area_b <= 0:
         return 0.0
     inter = iw * ih

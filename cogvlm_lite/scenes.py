@@ -41,7 +41,15 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 from scipy import ndimage
 
-from cogvlm_lite.grounding import Box, format_box, format_boxes, format_point, iou
+from cogvlm_lite.grounding import (
+    Box,
+    box_area,
+    box_centre,
+    format_box,
+    format_boxes,
+    format_point,
+    iou,
+)
 
 ATTRIBUTION = (
     "Object images: OpenMoji, the open-source emoji and icon project (https://openmoji.org), "
@@ -453,14 +461,6 @@ def _join(parts: Sequence[str]) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def _centre(box: Box) -> tuple[float, float]:
-    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-
-
-def _area(box: Box) -> float:
-    return (box[2] - box[0]) * (box[3] - box[1])
-
-
 def _left_to_right(boxes: Sequence[Box]) -> list[Box]:
     return sorted(boxes, key=lambda b: (b[0], b[1], b[2], b[3]))
 
@@ -837,9 +837,9 @@ def _extreme_of(boxes: Sequence[Box], direction: str) -> Box | None:
     """The box clearly furthest in `direction` ("left", "right", "top", "bottom"), else None."""
     axis = 0 if direction in ("left", "right") else 1
     sign = 1 if direction in ("left", "top") else -1
-    order = sorted(boxes, key=lambda b: sign * _centre(b)[axis])
+    order = sorted(boxes, key=lambda b: sign * box_centre(b)[axis])
     first, second = order[0], order[1]
-    gap = sign * (_centre(second)[axis] - _centre(first)[axis])
+    gap = sign * (box_centre(second)[axis] - box_centre(first)[axis])
     # Clear margin between centres, and the edges agree with the centres.
     edges_agree = all(
         sign * first[axis] <= sign * b[axis] and sign * first[axis + 2] <= sign * b[axis + 2]
@@ -902,7 +902,7 @@ def _relation(a: Box, b: Box, direction: str) -> bool:
         return _relation(b, a, {"right": "left", "below": "above"}[direction])
     axis = 0 if direction == "left" else 1
     return (
-        _centre(a)[axis] + MARGIN <= _centre(b)[axis]
+        box_centre(a)[axis] + MARGIN <= box_centre(b)[axis]
         and a[axis] < b[axis]
         and a[axis + 2] < b[axis + 2]
     )
@@ -957,10 +957,10 @@ def _ask_extreme(view: _View, rng: np.random.Generator) -> QA | None:
     if len(view.objects) < 2:
         return None
     options = []
-    by_area = sorted(view.objects, key=lambda o: _area(o.box))
-    if _area(by_area[-1].box) >= 1.5 * _area(by_area[-2].box):
+    by_area = sorted(view.objects, key=lambda o: box_area(o.box))
+    if box_area(by_area[-1].box) >= 1.5 * box_area(by_area[-2].box):
         options.append(("biggest", by_area[-1].name))
-    if _area(by_area[0].box) * 1.5 <= _area(by_area[1].box):
+    if box_area(by_area[0].box) * 1.5 <= box_area(by_area[1].box):
         options.append(("smallest", by_area[0].name))
     boxes = [o.box for o in view.objects]
     for direction in ("left", "right", "top", "bottom"):
@@ -980,7 +980,7 @@ def _ask_corner(view: _View, rng: np.random.Generator) -> QA | None:
         for horizontal in ("left", "right"):
             inside, near = [], 0
             for obj in view.objects:
-                cx, cy = _centre(obj.box)
+                cx, cy = box_centre(obj.box)
                 dx = cx if horizontal == "left" else 1 - cx
                 dy = cy if vertical == "top" else 1 - cy
                 if dx < 1 / 3 and dy < 1 / 3:
