@@ -466,13 +466,12 @@ def score(questions: Sequence[dict], predictions: Sequence[dict]) -> dict:
             entry["multi_precision"] = _precision(c.get("multi_matched", 0),
                                                   c.get("multi_predicted", 0), n_multi)
             entry["multi_recall"] = _ratio(c.get("multi_matched", 0), c.get("multi_reference", 0))
-            for size, _ in SIZES:
-                entry[f"n_{size}"] = c.get(f"n_{size}", 0)
-                entry[f"acc_{size}"] = _ratio(c.get(f"correct_{size}", 0), entry[f"n_{size}"])
             entry["centred"] = _ratio(sum(c.get(f"centred_{size}", 0) for size, _ in SIZES), t.n)
             entry["scale"] = t.median("scale")
             for size, _ in SIZES:
-                entry[f"centred_{size}"] = _ratio(c.get(f"centred_{size}", 0), entry[f"n_{size}"])
+                n_size = entry[f"n_{size}"] = c.get(f"n_{size}", 0)
+                entry[f"acc_{size}"] = _ratio(c.get(f"correct_{size}", 0), n_size)
+                entry[f"centred_{size}"] = _ratio(c.get(f"centred_{size}", 0), n_size)
                 entry[f"scale_{size}"] = t.median(f"scale_{size}")
         elif kind == "gcap":
             predicted, reference = c.get("box_predicted", 0), c.get("box_reference", 0)

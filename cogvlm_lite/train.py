@@ -149,8 +149,9 @@ class Trainer:
 
             prealign(model, read_objects(cfg.data), self.data.images, self.features, cfg.prealign_epochs,
                      lr=cfg.adapter_lr, seed=cfg.seed)
-        bf16 = bf16_pays(self.device) if cfg.bf16 is None else cfg.bf16
-        if bf16 and not bf16_pays(self.device):
+        pays = bf16_pays(self.device)
+        bf16 = pays if cfg.bf16 is None else cfg.bf16
+        if bf16 and not pays:
             log.warning("--bf16 on this CPU: it has no native bf16 products, so PyTorch runs them "
                         "many times slower than fp32; drop --bf16 to train in fp32")
         log.info("training in %s", "bf16 autocast" if bf16 else "fp32")
