@@ -65,6 +65,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     add_model_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--limit", type=int, help="answer at most this many questions")
+    p.add_argument("--zoom", action="store_true",
+                   help="find a reply's one small box again on a crop around it")
     p.set_defaults(run=run_vqa)
 
     p = sub.add_parser("eval", help="score predictions; prints JSON metrics per task type")
@@ -263,7 +265,7 @@ def run_vqa(args) -> int:
 
     summary = run_vqa(args.data, args.out, checkpoint=args.checkpoint, device=args.device,
                       decode=args.decode,
-                      max_new_tokens=args.max_new_tokens, limit=args.limit)
+                      max_new_tokens=args.max_new_tokens, limit=args.limit, zoom=args.zoom)
     print(json.dumps(summary, default=str))
     return 0
 

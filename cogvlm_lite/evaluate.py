@@ -184,13 +184,15 @@ def run_vqa(
     decode: str = "exact",
     max_new_tokens: int = 128,
     limit: int | None = None,
+    zoom: bool = False,
     model: Any = None,
 ) -> dict:
     """Answer the questions in `data` (greedy) and append ``{"id", "prediction"}`` lines to `out`.
 
     Ids already in `out` are skipped, so a stopped run resumes where it left off; a half-written
     last line (from a run that was killed) is removed first. `limit` restricts the run to the
-    first `limit` questions of `data`. Questions are answered grouped by image, so the model
+    first `limit` questions of `data`; `zoom` finds a reply's one small box again on a crop
+    around it (`zoom.zoom_in`). Questions are answered grouped by image, so the model
     reuses its encoding of an image. The model is `model` if given, else loaded from
     `checkpoint` (default: the embedded model) onto `device`, and only when there is work to do.
     Every image is checked before the first answer; a missing one raises ValueError naming the
@@ -236,7 +238,8 @@ def run_vqa(
                 for q in group:
                     try:
                         reply = model.chat(image, q["question"], history=[],
-                                           max_new_tokens=max_new_tokens, temperature=0.0)
+                                           max_new_tokens=max_new_tokens, temperature=0.0,
+                                           zoom=zoom)
                     except ValueError as e:
                         raise ValueError(f"question {q['id']!r}: {e}") from e
                     line = json.dumps({"id": q["id"], "prediction": reply}, ensure_ascii=False) + "\n"

@@ -32,6 +32,7 @@ from .generation import GenerationConfig, decode_tokens
 from .images import load_image
 from .vision import ImageEncoder, VisionConfig
 from .weights import default_lm_dir
+from .zoom import zoom_in
 
 log = logging.getLogger(__name__)
 
@@ -247,11 +248,17 @@ class VisionLanguageModel(nn.Module):
 
     # ---------------------------------------------------------------- chat
 
-    def chat(self, image, query: str, history: Sequence = (), **kwargs) -> str:
-        """The reply to `query` about `image` (PIL, path, bytes or None), given past turns."""
+    def chat(self, image, query: str, history: Sequence = (), *, zoom: bool = False,
+             **kwargs) -> str:
+        """The reply to `query` about `image` (PIL, path, bytes or None), given past turns.
+
+        `zoom`: a reply's one small box is found again on a crop around it (`zoom.zoom_in`).
+        """
         reply = ""
         for text in self.stream_chat(image, query, history, **kwargs):
             reply = text
+        if zoom and image is not None:
+            reply = zoom_in(self, image, query, reply, **kwargs)
         return reply
 
     def stream_chat(self, image, query: str, history: Sequence = (), *,

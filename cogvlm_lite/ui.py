@@ -29,6 +29,7 @@ from .grounding import (
     strip_groundings,
 )
 from .images import MAX_BYTES, ImageError, load_image
+from .zoom import zoom_in
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def about_text(model, checkpoint: str) -> str:
 
 
 def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
-    """The chat UI around `model` (anything with `stream_chat`, `config`, `parameter_counts`).
+    """The chat UI around `model` (anything with `stream_chat`, `chat`, `config`, `parameter_counts`).
 
     `checkpoint` is how the About line names the loaded checkpoint. Launch it with `launch_ui`.
     """
@@ -231,8 +232,12 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
         session.pending = question
         return session, chat_messages(session.history, session.pending)
 
-    def respond(session: Session, temperature: float, top_p: float, max_new_tokens: float):
-        """Stream the answer to the pending question; record it (even a partial one) in the history."""
+    def respond(session: Session, temperature: float, top_p: float, max_new_tokens: float,
+                zoom: bool):
+        """Stream the answer to the pending question; record it (even a partial one) in the history.
+
+        With `zoom`, an answer's one small box is then found again on a crop (`zoom.zoom_in`).
+        """
         question = session.pending
         if question is None:
             yield session, gr.skip(), gr.skip()
@@ -251,13 +256,16 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
             return draw_groundings(session.view, text)
 
         completed = False
-        stream = model.stream_chat(session.image, question, list(session.history),
-                                   temperature=float(temperature), top_p=float(top_p),
-                                   max_new_tokens=int(max_new_tokens))
+        options = dict(temperature=float(temperature), top_p=float(top_p),
+                       max_new_tokens=int(max_new_tokens))
+        stream = model.stream_chat(session.image, question, list(session.history), **options)
         try:
             for text in stream:
                 reply = {"role": "assistant", "content": render_answer(text, streaming=True)}
                 yield session, [*messages, reply], view_for(text)
+            if zoom and session.image is not None:
+                text = zoom_in(model, session.image, question, text, **options)
+                drawn = -1  # the box may have moved
             completed = True
         except (ValueError, RuntimeError, ImageError) as e:
             yield from _fail(session, messages, text, f"The model could not answer: {e}")
@@ -327,6 +335,9 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
                     top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p", elem_id="top-p")
                     max_new_tokens = gr.Slider(16, 1024, value=256, step=16, label="Max new tokens",
                                                elem_id="max-new-tokens")
+                    zoom = gr.Checkbox(value=True, label="Zoom in on small objects",
+                                       info="an answer's one small box is found again on a crop "
+                                            "around it", elem_id="zoom")
         gr.Markdown(about_text(model, checkpoint), elem_id="about")
 
         light = dict(concurrency_limit=4)
@@ -334,7 +345,7 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
         image_in.select(on_click, [session], [session, region_md, annotated], **light)
         clear_region_btn.click(on_clear_region, [session], [session, region_md, annotated], queue=False)
 
-        generate = dict(fn=respond, inputs=[session, temperature, top_p, max_new_tokens],
+        generate = dict(fn=respond, inputs=[session, temperature, top_p, max_new_tokens, zoom],
                         outputs=[session, chatbot, annotated], concurrency_limit=1,
                         concurrency_id="model", show_progress="minimal")
         asked = [session, chatbot, question, region_md]

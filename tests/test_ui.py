@@ -26,8 +26,9 @@ from playwright.sync_api import expect, sync_playwright
 from tiny import tiny_config
 
 from cogvlm_lite import build_model
-from cogvlm_lite.grounding import parse_boxes
+from cogvlm_lite.grounding import format_box, parse_boxes
 from cogvlm_lite.ui import DESCRIBE_PROMPT, build_ui, launch_ui, region_text, render_answer, with_region
+from cogvlm_lite.zoom import crop_around, from_crop
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "docs" / "samples"
@@ -74,6 +75,11 @@ class ScriptedModel:
                 yield text
         finally:
             call.done.set()
+
+    def chat(self, image, query, history=(), **options):
+        """The last text `stream_chat` yields: a crop asked about by the UI's zoom is scripted too."""
+        texts = list(self.stream_chat(image, query, history, **options))
+        return texts[-1] if texts else ""
 
     def _texts(self, image, query, history, options):
         if "explode" in query:
@@ -237,6 +243,36 @@ def test_grounded_answer_streams_and_boxes_are_drawn(context, app_url, scripted)
     assert drawn.size == (480, 360)
     assert drawn.getpixel((110, 200)) == (230, 25, 75)
     assert drawn.getpixel((110, 250)) != (230, 25, 75)
+
+
+def test_a_small_box_is_found_again_on_a_crop_unless_zoom_is_off(context, app_url, scripted):
+    small = (0.4, 0.4, 0.45, 0.45)
+    scripted.scripts["Where is the frog"] = (f"The frog {format_box(small)}.", 0.02)
+    page = open_app(context, app_url)
+    page.click("#samples button.gallery-item:has(img[src$='park.png'])")
+    page.wait_for_selector("#annotated img")
+    start = len(scripted.calls)
+    ask(page, "Where is the frog?")
+    first = scripted.call("Where is the frog", after=start)
+    crop = scripted.call("Where is the frog", after=scripted.calls.index(first) + 1)
+    left, top, right, bottom = crop_around(small, 480, 360)
+    assert first.image_size == (480, 360) and crop.image_size == (right - left, bottom - top)
+    assert crop.history == [] and crop.options == first.options
+    # the crop's answer (the same box, now relative to the crop) mapped back to the image
+    found = format_box(from_crop(small, (left, top, right, bottom), 480, 360))
+    assert found != format_box(small)
+    bot = page.locator(BOT).last
+    expect(bot).to_contain_text(found)
+    expect(bot).not_to_contain_text(format_box(small))
+
+    page.click("text=Generation settings")
+    page.click("#zoom input[type=checkbox]")
+    start = len(scripted.calls)
+    ask(page, "Where is the frog now?")
+    scripted.call("Where is the frog now", after=start)
+    expect(page.locator(BOT).last).to_contain_text(format_box(small))
+    page.wait_for_timeout(500)
+    assert len(scripted.calls) == start + 1  # no crop asked about
 
 
 def test_click_a_region_and_ask_about_it(context, app_url, scripted):
