@@ -4,8 +4,10 @@
 image inline as a base64 ``data:`` URL (this server fetches nothing from the network). CogVLM takes
 one image per conversation: the first image found is the conversation's image, wherever it is,
 and a second one is refused. Boxes and points stay in the answer text as ``[[x0,y0,x1,y1]]``.
-`stream: true` answers with server-sent events in OpenAI's chunk format. `GET /v1/models` lists
-the one model. One model answers one request at a time; a few more wait, the rest get 429.
+`stream: true` answers with server-sent events in OpenAI's chunk format; `zoom: true` (beyond
+OpenAI's fields, without `stream`) finds an answer's one small box again on a crop around it.
+`GET /v1/models` lists the one model. One model answers one request at a time; a few more wait,
+the rest get 429.
 
     from openai import OpenAI
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
@@ -42,6 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .conversation import as_messages
 from .images import MAX_BYTES, ImageError, load_image
+from .zoom import zoom_in
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,7 @@ class ChatRequest:
     stop: list[str] = field(default_factory=list)
     stream: bool = False
     include_usage: bool = False
+    zoom: bool = False  # find a finished answer's one small box again on a crop (`zoom.zoom_in`)
 
 
 def decode_image_url(url: Any, param: str) -> Image.Image:
@@ -236,6 +240,12 @@ def parse_request(body: Any, max_context: int) -> ChatRequest:
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise _bad("stream_options must be an object", "stream_options", "invalid_type")
+    zoom = body.get("zoom", False)
+    if not isinstance(zoom, bool):
+        raise _bad(f"zoom must be true or false, got {zoom!r}", "zoom", "invalid_type")
+    if zoom and stream:
+        raise _bad("zoom changes a finished answer, which a stream has already sent; ask with "
+                   "stream: false", "zoom", "unsupported_parameter")
 
     max_tokens = body.get("max_completion_tokens")
     name = "max_completion_tokens"
@@ -253,7 +263,7 @@ def parse_request(body: Any, max_context: int) -> ChatRequest:
     history = [(turns[k][1], turns[k + 1][1]) for k in range(0, len(turns) - 1, 2)]
     return ChatRequest(query=turns[-1][1], history=history, system="\n\n".join(systems) or None,
                        image=image, generation=generation, stop=stop, stream=stream,
-                       include_usage=bool(options.get("include_usage")))
+                       include_usage=bool(options.get("include_usage")), zoom=zoom)
 
 
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
@@ -476,10 +486,14 @@ async def _generate(model, req: ChatRequest) -> AsyncIterator[str]:
         stream = model.stream_chat(req.image, req.query, req.history, system=req.system,
                                    **req.generation)
         try:
+            text = ""
             for text in stream:
                 if cancel.is_set():
                     break
                 put(("text", text))
+            if req.zoom and req.image is not None and not cancel.is_set():
+                put(("text", zoom_in(model, req.image, req.query, text, system=req.system,
+                                     **req.generation)))
         except Exception as e:  # handed over to the event loop, which reports it
             put(("error", e))
         finally:

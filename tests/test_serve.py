@@ -19,7 +19,9 @@ from PIL import Image
 from tiny import tiny_config
 
 from cogvlm_lite import build_model, serve
+from cogvlm_lite.grounding import format_box
 from cogvlm_lite.serve import create_app, cut_at_stop
+from cogvlm_lite.zoom import crop_around, from_crop
 
 KEY = "test-key"
 
@@ -56,7 +58,17 @@ class Recording:
         self.calls.append(dict(image=image, query=query, history=list(history), **options))
         if "explode" in query:
             return self._explode()
+        if "tiny frog" in query:  # on any image, the crop a zoom asks about too
+            return self._say(f"There {format_box(SMALL_BOX)}.")
         return self.model.stream_chat(image, query, history, **options)
+
+    def chat(self, image, query, history=(), **options):
+        texts = list(self.stream_chat(image, query, history, **options))
+        return texts[-1] if texts else ""
+
+    @staticmethod
+    def _say(text):
+        yield text
 
     @staticmethod
     def _explode():
@@ -99,6 +111,7 @@ def http(base_url):
         yield c
 
 
+SMALL_BOX = (0.5, 0.5, 0.55, 0.55)
 SAMPLING = dict(temperature=1.0, seed=0, max_tokens=8)  # random tiny weights: greedy is all newlines
 
 
@@ -156,6 +169,20 @@ def test_streaming_matches_non_streaming(client, http):
     assert lines[-1] == "data: [DONE]"
     assert all(line.startswith("data: ") for line in lines)
     assert json.loads(lines[-2][6:])["choices"][0]["finish_reason"] == full.choices[0].finish_reason
+
+
+def test_zoom_finds_a_small_box_again_on_a_crop(client, model):
+    start = len(model.calls)
+    messages = [user("Where is the tiny frog?", data_url(png_bytes((400, 300))))]
+    plain = client.chat.completions.create(model="cogvlm-lite", messages=messages, max_tokens=16)
+    assert plain.choices[0].message.content == f"There {format_box(SMALL_BOX)}."
+    zoomed = client.chat.completions.create(model="cogvlm-lite", messages=messages, max_tokens=16,
+                                            extra_body={"zoom": True})
+    crop = crop_around(SMALL_BOX, 400, 300)
+    assert zoomed.choices[0].message.content == f"There {format_box(from_crop(SMALL_BOX, crop, 400, 300))}."
+    sizes = [call["image"].size for call in model.calls[start:]]
+    assert sizes == [(400, 300), (400, 300), (crop[2] - crop[0], crop[3] - crop[1])]
+    assert model.calls[-1]["history"] == [] and model.calls[-1]["max_new_tokens"] == 16
 
 
 def test_stop_sequences(client):
@@ -240,6 +267,9 @@ BAD_REQUESTS = {
     "max_tokens not an integer": ({"messages": [user("Hi")], "max_tokens": "ten"}, 400, "max_tokens",
                                   "integer"),
     "stream not a boolean": ({"messages": [user("Hi")], "stream": "yes"}, 400, "stream", "true or false"),
+    "zoom not a boolean": ({"messages": [user("Hi")], "zoom": 1}, 400, "zoom", "true or false"),
+    "zoom while streaming": ({"messages": [user("Hi")], "zoom": True, "stream": True}, 400, "zoom",
+                             "stream: false"),
     "several choices": ({"messages": [user("Hi")], "n": 2}, 400, "n", "n must be 1"),
     "tools": ({"messages": [user("Hi")], "tools": [{"type": "function"}]}, 400, "tools", "not supported"),
 }
