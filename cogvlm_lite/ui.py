@@ -264,8 +264,9 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
                 reply = {"role": "assistant", "content": render_answer(text, streaming=True)}
                 yield session, [*messages, reply], view_for(text)
             if zoom and session.image is not None:
-                text = zoom_in(model, session.image, question, text, **options)
-                drawn = -1  # the box may have moved
+                zoomed = zoom_in(model, session.image, question, text, **options)
+                if zoomed != text:
+                    text, drawn = zoomed, -1  # the box moved: draw it again
             completed = True
         except (ValueError, RuntimeError, ImageError) as e:
             yield from _fail(session, messages, text, f"The model could not answer: {e}")

@@ -42,8 +42,8 @@ def from_crop(box: Box, crop: tuple[int, int, int, int], width: int, height: int
 def zoom_in(model, image, question: str, reply: str, **generation) -> str:
     """`reply` with its one small box found again on a crop around it (see the module's doc).
 
-    `model` answers with `model.chat`; `generation` holds its generation settings. The crop is
-    asked `question` alone, without the conversation's earlier turns.
+    `model` answers with `model.chat`, given `generation` (generation settings, `system`). The
+    crop is asked `question` alone, without the conversation's earlier turns.
     """
     groundings = parse_groundings(reply)
     if len(groundings) != 1 or len(groundings[0].boxes) != 1 or groundings[0].points:
