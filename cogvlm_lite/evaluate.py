@@ -63,7 +63,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .grounding import Box, box_area, box_centre, iou, merge_boxes, parse_boxes, parse_groundings
+from .grounding import (
+    Box,
+    box_area,
+    box_centre,
+    box_side,
+    iou,
+    merge_boxes,
+    parse_boxes,
+    parse_groundings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -417,7 +426,7 @@ def _centre_inside(box: Box, reference: Box) -> bool:
 
 def size_name(box: Box) -> str:
     """"small", "medium" or "large" (`SIZES`) by the box's longer side in the 0-999 grid."""
-    side = round(1000 * max(box[2] - box[0], box[3] - box[1]))
+    side = round(1000 * box_side(box))
     return next(name for name, below in SIZES if below is None or side < below)
 
 

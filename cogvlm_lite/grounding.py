@@ -161,6 +161,11 @@ def box_centre(box: Box) -> tuple[float, float]:
     return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
 
 
+def box_side(box: Box) -> float:
+    """The box's longer side."""
+    return max(box[2] - box[0], box[3] - box[1])
+
+
 def box_area(box: Box) -> float:
     return (box[2] - box[0]) * (box[3] - box[1])
 

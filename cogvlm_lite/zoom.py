@@ -13,7 +13,15 @@ from __future__ import annotations
 
 from PIL import Image
 
-from .grounding import Box, format_box, from_pixels, parse_boxes, parse_groundings, to_pixels
+from .grounding import (
+    Box,
+    box_side,
+    format_box,
+    from_pixels,
+    parse_boxes,
+    parse_groundings,
+    to_pixels,
+)
 from .images import load_image
 
 SMALL = 0.2  # a box whose longer side is under this share of the image's is looked at again
@@ -51,7 +59,7 @@ def zoom_in(model, image, question: str, reply: str, **generation) -> str:
     if parse_groundings(question):
         return reply  # its region is in the whole image's coordinates, not the crop's
     box = groundings[0].boxes[0]
-    if max(box[2] - box[0], box[3] - box[1]) >= SMALL:
+    if box_side(box) >= SMALL:
         return reply
     image = image if isinstance(image, Image.Image) else load_image(image)
     crop = crop_around(box, *image.size)

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from cogvlm_lite.evaluate import read_questions, run_vqa, score_files
-from cogvlm_lite.grounding import iou, parse_boxes
+from cogvlm_lite.grounding import box_side, iou, parse_boxes
 from cogvlm_lite.images import load_image
 from cogvlm_lite.model import CONFIG_NAME, DEFAULT_CHECKPOINT, WEIGHTS_NAME
 from cogvlm_lite.scenes import write_dataset
@@ -61,7 +61,7 @@ def test_zooming_in_finds_small_objects_better(default_model, scenes):
     """Boxes of small objects, answered on the whole image and again with `zoom` (a crop)."""
     small = [q for q in read_questions(scenes / "questions.jsonl")
              if q["type"] == "rec" and len(boxes := parse_boxes(q["answer"])) == 1
-             and max(boxes[0][2] - boxes[0][0], boxes[0][3] - boxes[0][1]) < 0.2][:SMALL_OBJECTS]
+             and box_side(boxes[0]) < 0.2][:SMALL_OBJECTS]
     assert len(small) == SMALL_OBJECTS
     ious = {False: [], True: []}
     for q in small:
