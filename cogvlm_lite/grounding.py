@@ -122,6 +122,12 @@ def _phrase(before: str) -> str:
     return " ".join(words).strip(_PHRASE_PUNCT)
 
 
+def names_thing(phrase: str) -> bool:
+    """Whether a group's phrase names something ("red apple"), not only a filler word ("a")."""
+    words = phrase.lower().split()
+    return bool(words) and words[-1] not in _FILLERS
+
+
 def parse_groundings(text: str) -> list[Grounding]:
     """Every readable ``[[...]]`` group in `text`, in order.
 

@@ -1,12 +1,16 @@
 """Zoom in: ask again about a small box on a crop around it, where the object looks bigger.
 
-On the encoder's grid an object under a fifth of the image covers a cell or two, and the model's
-boxes for such objects are mostly centred on them but too large. `zoom_in` takes a reply that
-holds one small box, crops a square around that box (`CONTEXT` times its longer side, at least
-`MIN_CROP` of the image's shorter side), asks the same question about the crop, and puts the
-crop's box, mapped back to the whole image, in place of the first one. The rest of the reply is
-kept as it was. Replies with no box or several, questions that point at a region themselves, and
-crops whose reply holds no single box are left alone.
+On the encoder's grid an object under a fifth of the image covers a cell or two: the model's
+boxes for such objects are mostly centred on them but too large, and small regions are often
+misnamed. `zoom_in` looks again at each small box of a reply that stands alone in its group: it
+crops a square around the box (`CONTEXT` times its longer side, at least `MIN_CROP` of the
+image's shorter side), asks about the crop, and puts the crop's box, mapped back to the whole
+image, in place of the first one. A reply of one group is asked the same question again; in a
+reply of several groups (a grounded description) each small box is asked for by its phrase,
+"Where is the <phrase>?". A question that points at one small region is asked again on a crop
+around that region, in the crop's coordinates, and the crop's answer replaces the reply.
+Groups of several boxes, points, boxes whose phrase names nothing, and crops whose answer holds
+no single box (or, for a region, any box) are left alone.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from .grounding import (
     box_side,
     format_box,
     from_pixels,
+    names_thing,
     parse_boxes,
     parse_groundings,
     to_pixels,
@@ -47,24 +52,51 @@ def from_crop(box: Box, crop: tuple[int, int, int, int], width: int, height: int
     return from_pixels(pixels, width, height)
 
 
-def zoom_in(model, image, question: str, reply: str, **generation) -> str:
-    """`reply` with its one small box found again on a crop around it (see the module's doc).
+def to_crop(box: Box, crop: tuple[int, int, int, int], width: int, height: int) -> Box:
+    """A box relative to the whole `width` x `height` image as a box relative to `crop`."""
+    left, top, right, bottom = crop
+    x0, y0, x1, y1 = to_pixels(box, width, height)
+    return from_pixels((x0 - left, y0 - top, x1 - left, y1 - top), right - left, bottom - top)
 
-    `model` answers with `model.chat`, given `generation` (generation settings, `system`). The
-    crop is asked `question` alone, without the conversation's earlier turns.
-    """
-    groundings = parse_groundings(reply)
-    if len(groundings) != 1 or len(groundings[0].boxes) != 1 or groundings[0].points:
-        return reply
-    if parse_groundings(question):
-        return reply  # its region is in the whole image's coordinates, not the crop's
-    box = groundings[0].boxes[0]
-    if box_side(box) >= SMALL:
+
+def _zoom_on_region(model, image, question: str, regions: list, reply: str, **generation) -> str:
+    """The answer to `question` about its one small region, asked on a crop around it."""
+    if len(regions) != 1 or len(regions[0].boxes) != 1 or regions[0].points:
+        return reply  # a point says nothing of the object's size, so no crop is safe
+    region = regions[0].boxes[0]
+    if box_side(region) >= SMALL:
         return reply
     image = image if isinstance(image, Image.Image) else load_image(image)
-    crop = crop_around(box, *image.size)
-    boxes = parse_boxes(model.chat(image.crop(crop), question, history=[], **generation))
-    if len(boxes) != 1:
+    crop = crop_around(region, *image.size)
+    inside = format_box(to_crop(region, crop, *image.size))
+    question = question[: regions[0].start] + inside + question[regions[0].end :]
+    answer = model.chat(image.crop(crop), question, history=[], **generation)
+    return reply if parse_groundings(answer) else answer  # a box in it would be the crop's
+
+
+def zoom_in(model, image, question: str, reply: str, **generation) -> str:
+    """`reply` with its small boxes found again on crops around them (see the module's doc).
+
+    `model` answers with `model.chat`, given `generation` (generation settings, `system`). Each
+    crop is asked without the conversation's earlier turns: `question` itself when the reply
+    holds one group, else "Where is the <phrase>?" for each group of one small box.
+    """
+    regions = parse_groundings(question)
+    if regions:
+        return _zoom_on_region(model, image, question, regions, reply, **generation)
+    groundings = parse_groundings(reply)
+    alone = len(groundings) == 1
+    small = [g for g in groundings if len(g.boxes) == 1 and not g.points
+             and box_side(g.boxes[0]) < SMALL and (alone or names_thing(g.phrase))]
+    if not small:
         return reply
-    found = format_box(from_crop(boxes[0], crop, *image.size))
-    return reply[: groundings[0].start] + found + reply[groundings[0].end :]
+    image = image if isinstance(image, Image.Image) else load_image(image)
+    pieces, done = [], 0
+    for g in small:
+        crop = crop_around(g.boxes[0], *image.size)
+        query = question if alone else f"Where is the {g.phrase}?"
+        boxes = parse_boxes(model.chat(image.crop(crop), query, history=[], **generation))
+        if len(boxes) == 1:
+            pieces += [reply[done : g.start], format_box(from_crop(boxes[0], crop, *image.size))]
+            done = g.end
+    return "".join(pieces) + reply[done:]

@@ -47,13 +47,53 @@ def test_zoom_in_replaces_the_small_box_with_the_crop_answer_mapped_back():
                             {"history": [], "max_new_tokens": 32, "temperature": 0.0})]
 
 
+def test_zoom_in_asks_for_each_small_box_of_a_description_by_its_phrase():
+    image = Image.new("RGB", (400, 300))
+    model = CropModel("[[250,250,750,750]]")
+    reply = zoom_in(model, image, "Describe the image with boxes.",
+                    "A frog [[500,500,600,600]], a tree [[100,100,900,900]], two cats "
+                    "[[000,000,050,050;100,100,150,150]] and a red ball [[000,000,050,050]].")
+    # the frog's crop is (160, 105, 280, 225) as above; the ball's (0, 0, 120, 120)
+    frog = format_box((190 / 400, 135 / 300, 250 / 400, 195 / 300))
+    ball = format_box((30 / 400, 30 / 300, 90 / 400, 90 / 300))
+    assert reply == (f"A frog {frog}, a tree [[100,100,900,900]], two cats "
+                     f"[[000,000,050,050;100,100,150,150]] and a red ball {ball}.")
+    assert [(size, query) for size, query, _ in model.asked] == [
+        ((120, 120), "Where is the frog?"), ((120, 120), "Where is the red ball?")]
+
+
+def test_zoom_in_keeps_a_description_box_whose_crop_gives_no_single_box():
+    model = CropModel("No frog here.")
+    reply = "A frog [[500,500,600,600]] and a ball [[000,000,050,050]]."
+    assert zoom_in(model, Image.new("RGB", (400, 300)), "Describe the image.", reply) == reply
+    assert len(model.asked) == 2
+
+
+def test_zoom_in_asks_about_a_small_region_on_a_crop_in_the_crop_coordinates():
+    model = CropModel("A frog.")
+    reply = zoom_in(model, Image.new("RGB", (400, 300)), "What is in [[500,500,600,600]]?",
+                    "A cat.", max_new_tokens=32)
+    # the region is x 200..240, y 150..180 px; in its crop (160, 105, 280, 225): 40..80, 45..75
+    assert reply == "A frog."
+    assert model.asked == [((120, 120), "What is in [[333,375,667,625]]?",
+                            {"history": [], "max_new_tokens": 32})]
+
+
+def test_zoom_in_keeps_a_region_answer_when_the_crop_answers_with_a_box():
+    model = CropModel("A frog [[000,000,999,999]].")  # the crop's coordinates, not the image's
+    reply = zoom_in(model, Image.new("RGB", (400, 300)), "What is in [[500,500,600,600]]?", "A cat.")
+    assert reply == "A cat." and len(model.asked) == 1
+
+
 @pytest.mark.parametrize("question, reply", [
     ("Where is the frog?", "No box here."),
     ("Where is the frog?", "[[100,100,300,400]]"),  # not small
     ("Where are the frogs?", "[[100,100,150,150;300,300,350,350]]"),  # two boxes
     ("Where are the frogs?", "A [[100,100,150,150]] and a [[300,300,350,350]]."),
     ("Where is the frog?", "[[100,100;120,120]]"),  # points
-    ("What is in [[100,100,150,150]]?", "A frog [[100,100,150,150]]."),  # a region asked about
+    ("What is at [[100,100]]?", "A frog."),  # a point asked about: its object's size is unknown
+    ("What is in [[100,100,400,400]]?", "A frog."),  # a region asked about, not small
+    ("What is in [[100,100,150,150]] or [[300,300,350,350]]?", "A frog."),  # two regions
 ])
 def test_zoom_in_leaves_other_replies_alone(question, reply):
     model = CropModel("[[000,000,999,999]]")
