@@ -66,7 +66,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--limit", type=int, help="answer at most this many questions")
     p.add_argument("--zoom", action="store_true",
-                   help="find a reply's one small box again on a crop around it")
+                   help="look again at small boxes, and at a small region asked about, on a "
+                        "crop around them")
     p.set_defaults(run=run_vqa)
 
     p = sub.add_parser("eval", help="score predictions; prints JSON metrics per task type")

@@ -252,7 +252,8 @@ class VisionLanguageModel(nn.Module):
              **kwargs) -> str:
         """The reply to `query` about `image` (PIL, path, bytes or None), given past turns.
 
-        `zoom`: a reply's one small box is found again on a crop around it (`zoom.zoom_in`).
+        `zoom`: the reply's small boxes, or a small region `query` asks about, are looked at
+        again on a crop around them (`zoom.zoom_in`).
         """
         reply = ""
         for text in self.stream_chat(image, query, history, **kwargs):

@@ -236,7 +236,8 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
                 zoom: bool):
         """Stream the answer to the pending question; record it (even a partial one) in the history.
 
-        With `zoom`, an answer's one small box is then found again on a crop (`zoom.zoom_in`).
+        With `zoom`, small boxes or a small region asked about are then looked at again on a
+        crop (`zoom.zoom_in`).
         """
         question = session.pending
         if question is None:
@@ -337,8 +338,8 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
                     max_new_tokens = gr.Slider(16, 1024, value=256, step=16, label="Max new tokens",
                                                elem_id="max-new-tokens")
                     zoom = gr.Checkbox(value=True, label="Zoom in on small objects",
-                                       info="an answer's one small box is found again on a crop "
-                                            "around it", elem_id="zoom")
+                                       info="small boxes, and a small region asked about, are "
+                                            "looked at again on a crop", elem_id="zoom")
         gr.Markdown(about_text(model, checkpoint), elem_id="about")
 
         light = dict(concurrency_limit=4)
