@@ -34,6 +34,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     add_model_arguments(p)
     add_generation_arguments(p)
     p.add_argument("--system", help="system prompt (default: the chat template's own)")
+    p.add_argument("--zoom", action="store_true",
+                   help="look again at small boxes, and at a small region asked about, on a "
+                        "crop around them; a changed answer is printed again")
     p.set_defaults(run=run_chat)
 
     p = sub.add_parser("scenes", help="write a synthetic grounded data set (images + JSONL)")
@@ -182,6 +185,7 @@ def generation_kwargs(args) -> dict:
 def run_chat(args) -> int:
     from .images import ImageError, load_image
     from .model import load_model
+    from .zoom import zoom_in
 
     model = load_model(args.checkpoint, device=args.device, decode=args.decode)
     interactive = sys.stdin.isatty()
@@ -222,10 +226,16 @@ def run_chat(args) -> int:
                                           **generation_kwargs(args)):
                 print(text[len(shown):], end="", flush=True)
                 shown = text
+            print()
+            if args.zoom and image is not None:
+                zoomed = zoom_in(model, image, line, shown, system=args.system,
+                                 **generation_kwargs(args))
+                if zoomed != shown:
+                    print(f"(zoomed in) {zoomed}")
+                    shown = zoomed
         except ValueError as e:
             print(f"error: {e}")
             continue
-        print()
         history.append((line, shown))
     return 0
 

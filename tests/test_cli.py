@@ -1,5 +1,6 @@
 """The command line: every subcommand exercised in a real subprocess."""
 
+import io
 import json
 import subprocess
 import sys
@@ -65,6 +66,45 @@ def test_chat_on_a_piped_conversation(tiny_checkpoint, tmp_path):
     assert "(new image: 50x40; conversation cleared)" in lines
     assert "(conversation cleared)" in lines
     assert len([line for line in lines if not line.startswith(("(", "error"))]) >= 3
+
+
+class CropAnswers:
+    """A stand-in model: the first answer holds a small box; a crop is answered with its middle."""
+
+    def __init__(self):
+        self.asked = []
+
+    def stream_chat(self, image, query, history=(), **options):
+        self.asked.append((image.size, query))
+        yield "The frog"
+        yield "The frog [[500,500,600,600]]."
+
+    def chat(self, image, query, history=(), **options):
+        self.asked.append((image.size, query))
+        return "[[250,250,750,750]]"
+
+    def reset(self):
+        pass
+
+
+@pytest.mark.parametrize("zoom", [False, True])
+def test_chat_zoom_prints_the_answer_found_again_on_a_crop(zoom, tmp_path, monkeypatch, capsys):
+    from cogvlm_lite import cli as cli_module
+    from cogvlm_lite import model as model_module
+
+    Image.new("RGB", (400, 300)).save(tmp_path / "pond.png")
+    stand_in = CropAnswers()
+    monkeypatch.setattr(model_module, "load_model", lambda *args, **kwargs: stand_in)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Where is the frog?\n"))
+    args = ["chat", "--image", str(tmp_path / "pond.png")] + (["--zoom"] if zoom else [])
+    assert cli_module.main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "The frog [[500,500,600,600]]."
+    if zoom:  # the crop (160, 105, 280, 225): its middle half is x 190..250, y 135..195
+        assert lines[1] == "(zoomed in) The frog [[475,450,625,650]]."
+        assert stand_in.asked == [((400, 300), "Where is the frog?"), ((120, 120), "Where is the frog?")]
+    else:
+        assert len(lines) == 1 and len(stand_in.asked) == 1
 
 
 def test_chat_with_a_missing_image_fails_clearly(tiny_checkpoint, tmp_path):
