@@ -28,7 +28,7 @@ from tiny import tiny_config
 from cogvlm_lite import build_model
 from cogvlm_lite.grounding import format_box, parse_boxes
 from cogvlm_lite.ui import DESCRIBE_PROMPT, build_ui, launch_ui, region_text, render_answer, with_region
-from cogvlm_lite.zoom import crop_around, from_crop
+from cogvlm_lite.zoom import crop_around, from_crop, to_crop
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "docs" / "samples"
@@ -273,6 +273,26 @@ def test_a_small_box_is_found_again_on_a_crop_unless_zoom_is_off(context, app_ur
     expect(page.locator(BOT).last).to_contain_text(format_box(small))
     page.wait_for_timeout(500)
     assert len(scripted.calls) == start + 1  # no crop asked about
+
+
+def test_a_small_region_asked_about_is_asked_again_on_a_crop(context, app_url, scripted):
+    scripted.scripts["What is this"] = ("A soccer ball.", 0.02)
+    page = open_app(context, app_url)
+    upload(page, SAMPLES / "park.png")
+    click_image(page, 200, 150)
+    expect(page.locator("#region")).to_contain_text("point")
+    click_image(page, 240, 180)  # a box of 40x30 px in the 480x360 picture
+    expect(page.locator("#region")).to_contain_text("box")
+    start = len(scripted.calls)
+    ask(page, "What is this?")
+    first = scripted.call("What is this", after=start)
+    crop = scripted.call("What is this", after=scripted.calls.index(first) + 1)
+    region, = parse_boxes(first.query)
+    left, top, right, bottom = crop_around(region, 480, 360)
+    assert crop.image_size == (right - left, bottom - top) and crop.history == []
+    inside, = parse_boxes(crop.query)  # the same region, in the crop's coordinates
+    assert inside == pytest.approx(to_crop(region, (left, top, right, bottom), 480, 360), abs=0.002)
+    expect(page.locator(BOT).last).to_contain_text("A soccer ball.")
 
 
 def test_click_a_region_and_ask_about_it(context, app_url, scripted):
