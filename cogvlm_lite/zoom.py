@@ -75,11 +75,12 @@ def _zoom_on_region(model, image, question: str, regions: list, reply: str, **ge
 
 
 def zoom_in(model, image, question: str, reply: str, **generation) -> str:
-    """`reply` with its small boxes found again on crops around them (see the module's doc).
+    """`reply`, looked at again on crops: its small boxes, or the small region `question` is about.
 
     `model` answers with `model.chat`, given `generation` (generation settings, `system`). Each
     crop is asked without the conversation's earlier turns: `question` itself when the reply
-    holds one group, else "Where is the <phrase>?" for each group of one small box.
+    holds one group, "Where is the <phrase>?" for each group of one small box of a longer reply,
+    and `question` in the crop's coordinates for a region (see the module's doc).
     """
     regions = parse_groundings(question)
     if regions:
