@@ -276,7 +276,7 @@ def test_a_small_box_is_found_again_on_a_crop_unless_zoom_is_off(context, app_ur
 
 
 def test_a_small_region_asked_about_is_asked_again_on_a_crop(context, app_url, scripted):
-    scripted.scripts["What is this"] = ("A soccer ball.", 0.02)
+    scripted.scripts["What is this little one"] = ("A soccer ball.", 0.02)
     page = open_app(context, app_url)
     upload(page, SAMPLES / "park.png")
     click_image(page, 200, 150)
@@ -284,9 +284,9 @@ def test_a_small_region_asked_about_is_asked_again_on_a_crop(context, app_url, s
     click_image(page, 240, 180)  # a box of 40x30 px in the 480x360 picture
     expect(page.locator("#region")).to_contain_text("box")
     start = len(scripted.calls)
-    ask(page, "What is this?")
-    first = scripted.call("What is this", after=start)
-    crop = scripted.call("What is this", after=scripted.calls.index(first) + 1)
+    ask(page, "What is this little one?")
+    first = scripted.call("What is this little one", after=start)
+    crop = scripted.call("What is this little one", after=scripted.calls.index(first) + 1)
     region, = parse_boxes(first.query)
     left, top, right, bottom = crop_around(region, 480, 360)
     assert crop.image_size == (right - left, bottom - top) and crop.history == []
