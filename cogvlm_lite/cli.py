@@ -221,15 +221,14 @@ def run_chat(args) -> int:
             print(f"(new image: {image.width}x{image.height}; conversation cleared)")
             continue
         shown = ""
+        options = dict(system=args.system, **generation_kwargs(args))
         try:
-            for text in model.stream_chat(image, line, history, system=args.system,
-                                          **generation_kwargs(args)):
+            for text in model.stream_chat(image, line, history, **options):
                 print(text[len(shown):], end="", flush=True)
                 shown = text
             print()
             if args.zoom and image is not None:
-                zoomed = zoom_in(model, image, line, shown, system=args.system,
-                                 **generation_kwargs(args))
+                zoomed = zoom_in(model, image, line, shown, **options)
                 if zoomed != shown:
                     print(f"(zoomed in) {zoomed}")
                     shown = zoomed

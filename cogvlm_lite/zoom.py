@@ -19,6 +19,7 @@ from PIL import Image
 
 from .grounding import (
     Box,
+    Grounding,
     box_side,
     format_box,
     from_pixels,
@@ -59,13 +60,17 @@ def to_crop(box: Box, crop: tuple[int, int, int, int], width: int, height: int) 
     return from_pixels((x0 - left, y0 - top, x1 - left, y1 - top), right - left, bottom - top)
 
 
-def _zoom_on_region(model, image, question: str, regions: list, reply: str, **generation) -> str:
+def _one_small_box(group: Grounding) -> bool:
+    """Whether a group is a single box (no points) under `SMALL` of the image."""
+    return len(group.boxes) == 1 and not group.points and box_side(group.boxes[0]) < SMALL
+
+
+def _zoom_on_region(model, image, question: str, regions: list[Grounding], reply: str,
+                    **generation) -> str:
     """The answer to `question` about its one small region, asked on a crop around it."""
-    if len(regions) != 1 or len(regions[0].boxes) != 1 or regions[0].points:
+    if len(regions) != 1 or not _one_small_box(regions[0]):
         return reply  # a point says nothing of the object's size, so no crop is safe
     region = regions[0].boxes[0]
-    if box_side(region) >= SMALL:
-        return reply
     image = image if isinstance(image, Image.Image) else load_image(image)
     crop = crop_around(region, *image.size)
     inside = format_box(to_crop(region, crop, *image.size))
@@ -87,8 +92,7 @@ def zoom_in(model, image, question: str, reply: str, **generation) -> str:
         return _zoom_on_region(model, image, question, regions, reply, **generation)
     groundings = parse_groundings(reply)
     alone = len(groundings) == 1
-    small = [g for g in groundings if len(g.boxes) == 1 and not g.points
-             and box_side(g.boxes[0]) < SMALL and (alone or names_thing(g.phrase))]
+    small = [g for g in groundings if _one_small_box(g) and (alone or names_thing(g.phrase))]
     if not small:
         return reply
     image = image if isinstance(image, Image.Image) else load_image(image)
