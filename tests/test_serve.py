@@ -21,7 +21,7 @@ from tiny import tiny_config
 from cogvlm_lite import build_model, serve
 from cogvlm_lite.grounding import format_box
 from cogvlm_lite.serve import create_app, cut_at_stop
-from cogvlm_lite.zoom import crop_around, from_crop
+from cogvlm_lite.zoom import crop_around, from_crop, to_crop
 
 KEY = "test-key"
 
@@ -60,6 +60,8 @@ class Recording:
             return self._explode()
         if "tiny frog" in query:  # on any image, the crop a zoom asks about too
             return self._say(f"There {format_box(SMALL_BOX)}.")
+        if "little thing" in query:  # named right only on a crop, where it looks bigger
+            return self._say("A frog." if image.size != (400, 300) else "A leaf.")
         return self.model.stream_chat(image, query, history, **options)
 
     def chat(self, image, query, history=(), **options):
@@ -183,6 +185,22 @@ def test_zoom_finds_a_small_box_again_on_a_crop(client, model):
     sizes = [call["image"].size for call in model.calls[start:]]
     assert sizes == [(400, 300), (400, 300), (crop[2] - crop[0], crop[3] - crop[1])]
     assert model.calls[-1]["history"] == [] and model.calls[-1]["max_new_tokens"] == 16
+
+
+def test_zoom_names_a_small_region_again_on_a_crop(client, model):
+    start = len(model.calls)
+    question = f"What is the little thing in {format_box(SMALL_BOX)}?"
+    messages = [user(question, data_url(png_bytes((400, 300))))]
+    plain = client.chat.completions.create(model="cogvlm-lite", messages=messages, max_tokens=16)
+    assert plain.choices[0].message.content == "A leaf."
+    zoomed = client.chat.completions.create(model="cogvlm-lite", messages=messages, max_tokens=16,
+                                            extra_body={"zoom": True})
+    assert zoomed.choices[0].message.content == "A frog."
+    crop = crop_around(SMALL_BOX, 400, 300)
+    inside = format_box(to_crop(SMALL_BOX, crop, 400, 300))
+    assert model.calls[-1]["query"] == f"What is the little thing in {inside}?"
+    assert model.calls[-1]["image"].size == (crop[2] - crop[0], crop[3] - crop[1])
+    assert model.calls[-1]["history"] == [] and len(model.calls) - start == 3
 
 
 def test_stop_sequences(client):
