@@ -69,7 +69,7 @@ def _zoom_on_region(model, image, question: str, regions: list[Grounding], reply
                     **generation) -> str:
     """The answer to `question` about its one small region, asked on a crop around it."""
     if len(regions) != 1 or not _one_small_box(regions[0]):
-        return reply  # a point says nothing of the object's size, so no crop is safe
+        return reply  # several regions, a large one, or a point (which gives no size to crop to)
     region = regions[0].boxes[0]
     image = image if isinstance(image, Image.Image) else load_image(image)
     crop = crop_around(region, *image.size)
