@@ -129,9 +129,10 @@ def run_bench(tokens: int = 128, repeats: int = 3, quick: bool = False, device: 
     figures["prefill_tokens"] = n_prefill
     figures["prefill_tok_s"] = round(n_prefill / pre_image, 1)
 
-    train_s, plain_s, n_train = training_speed(model, repeats)
+    train_bf16 = bf16_pays(model.device)
+    train_s, plain_s, n_train = training_speed(model, repeats, train_bf16)
     figures["train_tok_s"] = round(n_train / train_s, 1)
-    figures["train_precision"] = "bf16 autocast" if bf16_pays(model.device) else "fp32"
+    figures["train_precision"] = "bf16 autocast" if train_bf16 else "fp32"
     figures["lm_forward_backward_tok_s"] = round(n_train / plain_s, 1)
     figures["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if cuda:
@@ -249,9 +250,9 @@ def llama_cpp_decode(tokens: int, repeats: int) -> float | str:
     return round(tokens / max(total - first, 1e-9), 1)
 
 
-def training_speed(model, repeats: int, batch: int = 8) -> tuple[float, float, int]:
+def training_speed(model, repeats: int, bf16: bool, batch: int = 8) -> tuple[float, float, int]:
     """Seconds per step: expert fine-tuning vs a plain LM forward+backward on as many tokens,
-    both in the precision training picks here (bf16 autocast where it pays, else fp32).
+    both under bf16 autocast or both in fp32 (training picks bf16 where `bf16_pays`).
 
     Runs last: it may keep `model`'s frozen weights in bf16 from here on, as training does.
     """
@@ -262,7 +263,6 @@ def training_speed(model, repeats: int, batch: int = 8) -> tuple[float, float, i
 
     trainee = model.train()
     device = trainee.device
-    bf16 = bf16_pays(device)
     if bf16:
         freeze_in(trainee, torch.bfloat16)
     messages = as_messages([(QUESTION, "[[120,340,560,780]]")] * 2)
