@@ -54,6 +54,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                    help="varied: the trained look augmented (turned, recoloured, blurred, "
                         "grainy), for training; unseen: objects drawn in styles and on "
                         "photographs that training scenes never use (to test robustness to new looks)")
+    p.add_argument("--counting", action="store_true",
+                   help="also write train-count.jsonl: train.jsonl with one more conversation a "
+                        "scene that only counts its objects")
     p.set_defaults(run=run_scenes)
 
     p = sub.add_parser("train", help="fine-tune the visual expert (+ adapter); resumable; torchrun-ready")
@@ -246,7 +249,7 @@ def run_scenes(args) -> int:
 
     summary = write_dataset(args.out, args.n, args.seed, image_size=args.image_size,
                             force=args.force, workers=args.workers, wording=args.wording,
-                            style=args.style)
+                            style=args.style, counting=args.counting)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

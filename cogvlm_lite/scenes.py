@@ -30,6 +30,7 @@ import importlib.util
 import json
 import math
 import os
+import random
 import re
 import tempfile
 from collections import Counter
@@ -73,7 +74,8 @@ _TEXTURES = ("brick", "grass", "gravel", "moon", "ihc")  # ship with scikit-imag
 _UNSEEN_PHOTOS = ("hubble_deep_field.jpg", "retina.jpg", "page.png", "cell.png",
                   "microaneurysms.png", "text.png")
 STYLES = ("trained", "varied", "unseen")
-_DATASET_FILES = ("train.jsonl", "questions.jsonl", "images")
+_DATASET_FILES = ("train.jsonl", "train-count.jsonl", "questions.jsonl", "images")
+COUNTING_SEED = 5  # the shuffle and wordings of `with_counting` in `write_dataset(counting=True)`
 _IMAGE_NAME = re.compile(r"[0-9]{6}\.png")
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -1081,6 +1083,44 @@ def scene_questions(scene: Scene, rng: np.random.Generator, wording: str = "trai
     return items
 
 
+def with_counting(conversations: list[dict], seed: int = COUNTING_SEED) -> list[dict]:
+    """`conversations` plus one counting conversation for each scene, all shuffled.
+
+    The extra conversation asks, in the trained wording, how many objects there are (scenes of
+    two or more), how many of each repeated class and of one class seen once; counting is the
+    task a scene's few turns teach least. Scenes are told apart by their ``image``, and their
+    objects come from the records' ``objects``.
+    """
+    rng = random.Random(seed)
+    plurals = {c.name: c.plural for c in _vocabulary()}
+    extra, seen = [], set()
+    for record in conversations:
+        if record["image"] in seen:
+            continue
+        seen.add(record["image"])
+        objects = record["objects"]
+        groups = Counter(o["name"] for o in objects)
+        messages = []
+        if len(objects) > 1:
+            messages += [{"role": "user", "content": rng.choice(_COUNT_ALL)},
+                         {"role": "assistant",
+                          "content": _count_answer(len(objects), "object", "objects")}]
+        names = [name for name, k in groups.items() if k > 1]
+        singles = [name for name, k in groups.items() if k == 1]
+        if singles:
+            names.append(rng.choice(singles))
+        for name in names:
+            plural = plurals.get(name, name + "s")
+            messages += [{"role": "user", "content": rng.choice(_COUNT).format(p=plural)},
+                         {"role": "assistant", "content": _count_answer(groups[name], name, plural)}]
+        if messages:
+            extra.append({"image": record["image"], "messages": messages, "kind": "count",
+                          "objects": objects})
+    records = [*conversations, *extra]
+    rng.shuffle(records)
+    return records
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing a data set
 
@@ -1141,7 +1181,7 @@ def _write_scene(out: Path, i: int, seed: int, image_size: int, wording: str,
 
 def write_dataset(
     out: str | Path, n: int, seed: int = 0, *, image_size: int = 256, force: bool = False,
-    workers: int = 1, wording: str = "trained", style: str = "trained",
+    workers: int = 1, wording: str = "trained", style: str = "trained", counting: bool = False,
 ) -> dict:
     """Write `n` scenes into `out`: ``images/``, ``train.jsonl`` and ``questions.jsonl``.
 
@@ -1155,7 +1195,9 @@ def write_dataset(
     the questions in more phrasings (`VARIED_WORDINGS`), for training. `style="varied"` augments the
     trained scenes (turned, recoloured, blurred, grainy) for training; `style="unseen"` draws
     the objects in styles and on backgrounds the trained scenes never use (see `make_scene`):
-    other scenes, to test robustness to new looks. Returns a summary: paths and counts per task type.
+    other scenes, to test robustness to new looks. `counting` also writes ``train-count.jsonl``:
+    ``train.jsonl`` with one more conversation a scene that only counts (`with_counting`).
+    Returns a summary: paths and counts per task type.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1 scene, got {n}")
@@ -1180,6 +1222,7 @@ def write_dataset(
 
     train = _AtomicLines(out / "train.jsonl")
     questions = _AtomicLines(out / "questions.jsonl")
+    written: list[dict] = []
     kinds: Counter[str] = Counter()
     types: Counter[str] = Counter()
     try:
@@ -1190,6 +1233,8 @@ def write_dataset(
                 for record in conversations:
                     kinds[record["kind"]] += 1
                     train.write(record)
+                if counting:
+                    written += conversations
                 for item in items:
                     types[item["type"]] += 1
                     questions.write(item)
@@ -1199,12 +1244,21 @@ def write_dataset(
         raise
     train.commit()
     questions.commit()
+    counted = out / "train-count.jsonl"
+    if counting:
+        extended = _AtomicLines(counted)
+        for record in with_counting(written):
+            extended.write(record)
+        extended.commit()
+    else:
+        counted.unlink(missing_ok=True)  # an earlier data set's, which no longer matches
     (out / "ATTRIBUTION.txt").write_text(ATTRIBUTION + "\n", encoding="utf-8")
     return {
         "out": str(out),
         "images": str(images),
         "train": str(train.path),
         "questions": str(questions.path),
+        **({"train_count": str(counted)} if counting else {}),
         "scenes": n,
         "seed": seed,
         "conversations": sum(kinds.values()),

@@ -284,6 +284,28 @@ def test_unseen_style_draws_other_scenes_with_the_same_kinds_of_questions(tmp_pa
         write_dataset(tmp_path / "bad", 1, style="pencil")
 
 
+def test_counting_adds_one_conversation_a_scene_that_counts_its_objects(tmp_path, dataset):
+    trained_dir, trained = dataset
+    summary = write_dataset(tmp_path / "count", 20, seed=0, counting=True)
+    assert _files(tmp_path / "count")["train.jsonl"] == _files(trained_dir)["train.jsonl"]
+    plain = _read_jsonl(trained_dir / "train.jsonl")
+    counted = _read_jsonl(Path(summary["train_count"]))
+    extra = [r for r in counted if r not in plain]
+    assert sorted(map(json.dumps, counted)) == sorted(map(json.dumps, plain + extra))
+    assert len(extra) == 20 and counted != plain + extra  # one a scene, shuffled in
+    number = re.compile(r"There (?:is|are) (\d+) (.+)\.")
+    plurals = {c.plural: c.name for c in vocabulary()}
+    for record in extra:
+        names = Counter(o["name"] for o in record["objects"])
+        answers = [number.fullmatch(m["content"]).groups() for m in record["messages"][1::2]]
+        assert ("objects" in [noun for _, noun in answers]) == (len(record["objects"]) > 1)
+        for count, noun in answers:
+            want = len(record["objects"]) if noun == "objects" else names[plurals.get(noun, noun)]
+            assert int(count) == want, (record, count, noun)
+    write_dataset(tmp_path / "count", 20, seed=0, force=True)  # without: no stale extra file
+    assert not (tmp_path / "count" / "train-count.jsonl").exists()
+
+
 def test_refuses_to_overwrite_without_force(tmp_path):
     out = tmp_path / "data"
     write_dataset(out, 3, seed=0)
