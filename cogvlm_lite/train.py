@@ -68,6 +68,7 @@ class TrainConfig:
     eval_data: str | None = None
     init_from: str | None = None  # warm start from a checkpoint (its model configuration)
     steps: int = 1000
+    stop_at: int = 0  # end this run after this step (saved), the schedule still sized by steps
     minutes: float = 0.0  # wall-clock budget of this run, from loading to the last step; 0: none
     batch_size: int = 16  # conversations per optimizer step (global, over all processes)
     grad_accum: int = 1  # micro-batches per step (each batch_size / grad_accum)
@@ -323,7 +324,7 @@ class Trainer:
                    dynamic_ncols=True)
         last = {}
         first = self.step
-        while self.step < cfg.steps:
+        while self.step < self._last_step():
             start = clock()
             last = self.train_step()
             seconds = clock() - start
@@ -336,7 +337,7 @@ class Trainer:
                 append_metrics(self.out / "metrics.jsonl", last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
                 bar.update(1)
-            done = self.step == cfg.steps
+            done = self.step == self._last_step()
             if cfg.save_every and self.step % cfg.save_every == 0 or done:
                 self.save()
             if cfg.eval_data and (done or cfg.eval_every and self.step % cfg.eval_every == 0):
@@ -346,6 +347,11 @@ class Trainer:
         if self.main:
             plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
         return last
+
+    def _last_step(self) -> int:
+        """Where this run ends: `steps`, or `stop_at` to train in legs (resume for the next)."""
+        cfg = self.cfg
+        return min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
 
     def _keep_to_budget(self, done: int) -> None:
         """End this run within `--minutes` of its start (loading and feature caching included).

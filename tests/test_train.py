@@ -89,6 +89,26 @@ def test_killed_run_resumes_exactly(scenes, tiny_checkpoint, tmp_path):
     assert losses(killed) == losses(steady)
 
 
+def test_a_run_in_legs_follows_the_whole_schedule(scenes, tiny_checkpoint, tmp_path):
+    def run(out, **options):
+        return train(TrainConfig(data=str(scenes / "train.jsonl"), out=str(tmp_path / out),
+                                 init_from=tiny_checkpoint, batch_size=4, warmup=1, steps=5,
+                                 **options))
+
+    run("whole")
+    assert run("legs", stop_at=3)["step"] == 3
+    assert (tmp_path / "legs" / "train_state.pt").is_file()
+    assert run("legs", resume=True)["step"] == 5
+    whole, legs = (metrics(tmp_path / name) for name in ("whole", "legs"))
+    assert legs == whole  # the same losses under the same learning rates
+    assert len({lr for _, lr in whole.values()}) == 5  # warmup, then the cosine over 5 steps
+
+
+def metrics(run) -> dict[int, tuple[float, float]]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: (r["loss"], r["lr"]) for r in records if "loss" in r}
+
+
 def losses_or_empty(run):
     try:
         return losses(run)
