@@ -125,6 +125,15 @@ def _vocabulary() -> tuple[ObjectClass, ...]:
     return tuple(classes)
 
 
+@functools.lru_cache(maxsize=1)
+def _plurals() -> dict[str, str]:
+    return {c.name: c.plural for c in _vocabulary()}
+
+
+def _plural(name: str) -> str:
+    return _plurals().get(name, name + "s")
+
+
 def vocabulary() -> list[ObjectClass]:
     """Every object class scenes are drawn from, in file order (read once, then cached)."""
     return list(_vocabulary())
@@ -478,7 +487,6 @@ class _View:
         self.wording = wording
         self.objects = scene.objects
         self.size = scene.image.size
-        self.plurals = {c.name: c.plural for c in _vocabulary()}
         self.groups: dict[str, list[Box]] = {}
         for obj in scene.objects:
             self.groups.setdefault(obj.name, []).append(obj.box)
@@ -489,7 +497,7 @@ class _View:
         )
 
     def plural(self, name: str) -> str:
-        return self.plurals.get(name, name + "s")
+        return _plural(name)
 
     def say(self, rng: np.random.Generator, templates: tuple[str, ...]) -> str:
         """One of `templates`; in the unseen wording, its counterpart in `UNSEEN_WORDINGS`; in
@@ -1092,7 +1100,6 @@ def with_counting(conversations: list[dict], seed: int = COUNTING_SEED) -> list[
     objects come from the records' ``objects``.
     """
     rng = random.Random(seed)
-    plurals = {c.name: c.plural for c in _vocabulary()}
     extra, seen = [], set()
     for record in conversations:
         if record["image"] in seen:
@@ -1110,7 +1117,7 @@ def with_counting(conversations: list[dict], seed: int = COUNTING_SEED) -> list[
         if singles:
             names.append(rng.choice(singles))
         for name in names:
-            plural = plurals.get(name, name + "s")
+            plural = _plural(name)
             messages += [{"role": "user", "content": rng.choice(_COUNT).format(p=plural)},
                          {"role": "assistant", "content": _count_answer(groups[name], name, plural)}]
         if messages:

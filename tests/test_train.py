@@ -29,13 +29,14 @@ def tiny_checkpoint(tiny_model, tmp_path):
     return str(tmp_path / "tiny")
 
 
+def metrics(run) -> dict[int, tuple[float, float]]:
+    """Step -> (loss, learning rate) of a run's metrics.jsonl."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: (r["loss"], r["lr"]) for r in records if "loss" in r}
+
+
 def losses(run) -> dict[int, float]:
-    out = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        if "loss" in r:
-            out[r["step"]] = r["loss"]
-    return out
+    return {step: loss for step, (loss, _) in metrics(run).items()}
 
 
 def cli_train(*args, **kwargs):
@@ -102,11 +103,6 @@ def test_a_run_in_legs_follows_the_whole_schedule(scenes, tiny_checkpoint, tmp_p
     whole, legs = (metrics(tmp_path / name) for name in ("whole", "legs"))
     assert legs == whole  # the same losses under the same learning rates
     assert len({lr for _, lr in whole.values()}) == 5  # warmup, then the cosine over 5 steps
-
-
-def metrics(run) -> dict[int, tuple[float, float]]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: (r["loss"], r["lr"]) for r in records if "loss" in r}
 
 
 def losses_or_empty(run):
