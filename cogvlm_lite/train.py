@@ -122,6 +122,8 @@ class Trainer:
                              f"--grad-accum ({self.world} x {cfg.grad_accum})")
         if cfg.init_from:
             self._check_expert_options()
+        if cfg.resume and (self.out / STATE_NAME).is_file():
+            self._check_steps_left()
         self._prepare_run_dir()
         torch.manual_seed(cfg.seed)
         device = cfg.device
@@ -204,6 +206,15 @@ class Trainer:
                              f"{expert.rank}; drop --expert and --rank to train it as it is "
                              "(`cogvlm-lite shrink` cuts a low-rank expert's rank)")
 
+    def _check_steps_left(self) -> None:
+        """Refuse, before anything is loaded or written, to resume a run where it would end."""
+        cfg = self.cfg
+        step = self._read_state(mmap=True)["step"]
+        if step >= self._last_step():
+            stop = f" --stop-at {cfg.stop_at}" if cfg.stop_at else ""
+            raise ValueError(f"{self.out} is already at step {step}, where --steps {cfg.steps}{stop} "
+                             "ends it: pass a later --stop-at, or more --steps, to train on")
+
     # ------------------------------------------------------------------ run directory
 
     def _prepare_run_dir(self) -> None:
@@ -244,12 +255,16 @@ class Trainer:
         atomic_write(self.out / STATE_NAME, lambda f: torch.save(state, f))
         self.model.save_pretrained(self.out, getattr(torch, self.cfg.save_dtype))
 
-    def _load_state(self) -> None:
+    def _read_state(self, mmap: bool = False) -> dict:
         path = self.out / STATE_NAME
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
         except Exception as e:  # torch raises several types for damaged files
             raise ValueError(f"{path} is damaged ({e}); start over with --force") from e
+
+    def _load_state(self) -> None:
+        path = self.out / STATE_NAME
+        state = self._read_state()
         if state["model_config"] != self.model.config.to_dict():
             raise ValueError(f"{path} was saved with another model configuration; resume with "
                              "the same options or start over with --force")

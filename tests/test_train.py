@@ -103,6 +103,12 @@ def test_a_run_in_legs_follows_the_whole_schedule(scenes, tiny_checkpoint, tmp_p
     whole, legs = (metrics(tmp_path / name) for name in ("whole", "legs"))
     assert legs == whole  # the same losses under the same learning rates
     assert len({lr for _, lr in whole.values()}) == 5  # warmup, then the cosine over 5 steps
+    # a leg that would end where the run already is says so, and leaves the run as it was
+    settings = (tmp_path / "legs" / "train_config.json").read_text()
+    for options in ({"stop_at": 4}, {}):
+        with pytest.raises(ValueError, match="already at step 5"):
+            run("legs", resume=True, **options)
+    assert (tmp_path / "legs" / "train_config.json").read_text() == settings
 
 
 def losses_or_empty(run):
