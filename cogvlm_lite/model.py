@@ -29,10 +29,11 @@ from .decoder import Decoder, num_params
 from .expert import ExpertConfig, Route, add_visual_experts, shrink_experts
 from .fastdecode import FORMATS, FastDecoder, onednn_bf16
 from .generation import GenerationConfig, decode_tokens
+from .grounding import parse_groundings
 from .images import load_image
 from .vision import ImageEncoder, VisionConfig
 from .weights import default_lm_dir
-from .zoom import zoom_in
+from .zoom import ask_on_region_crop, zoom_in
 
 log = logging.getLogger(__name__)
 
@@ -253,12 +254,18 @@ class VisionLanguageModel(nn.Module):
         """The reply to `query` about `image` (PIL, path, bytes or None), given past turns.
 
         `zoom`: the reply's small boxes, or a small region `query` asks about, are looked at
-        again on a crop around them (`zoom.zoom_in`).
+        again on a crop around them (`zoom.zoom_in`); a small region's crop is asked first,
+        the whole image only where the crop's answer does not do.
         """
+        asks_about_region = bool(parse_groundings(query))
+        if zoom and image is not None and asks_about_region:
+            answer = ask_on_region_crop(self, image, query, **kwargs)
+            if answer is not None:
+                return answer
         reply = ""
         for text in self.stream_chat(image, query, history, **kwargs):
             reply = text
-        if zoom and image is not None:
+        if zoom and image is not None and not asks_about_region:
             reply = zoom_in(self, image, query, reply, **kwargs)
         return reply
 

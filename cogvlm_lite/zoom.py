@@ -65,18 +65,23 @@ def _one_small_box(group: Grounding) -> bool:
     return len(group.boxes) == 1 and not group.points and box_side(group.boxes[0]) < SMALL
 
 
-def _zoom_on_region(model, image, question: str, regions: list[Grounding], reply: str,
-                    **generation) -> str:
-    """The answer to `question` about its one small region, asked on a crop around it."""
+def ask_on_region_crop(model, image, question: str, **generation) -> str | None:
+    """The answer to `question` about one small region, asked on a crop around that region.
+
+    None where that does not apply: `question` points at no region, at several, at a large one
+    or at a point (which gives no size to crop to), or the crop's answer holds a box (which
+    would be in the crop's coordinates).
+    """
+    regions = parse_groundings(question)
     if len(regions) != 1 or not _one_small_box(regions[0]):
-        return reply  # several regions, a large one, or a point (which gives no size to crop to)
+        return None
     region = regions[0].boxes[0]
     image = image if isinstance(image, Image.Image) else load_image(image)
     crop = crop_around(region, *image.size)
     inside = format_box(to_crop(region, crop, *image.size))
     question = question[: regions[0].start] + inside + question[regions[0].end :]
     answer = model.chat(image.crop(crop), question, history=[], **generation)
-    return reply if parse_groundings(answer) else answer  # a box in it would be the crop's
+    return None if parse_groundings(answer) else answer
 
 
 def zoom_in(model, image, question: str, reply: str, **generation) -> str:
@@ -87,9 +92,9 @@ def zoom_in(model, image, question: str, reply: str, **generation) -> str:
     holds one group, "Where is the <phrase>?" for each group of one small box of a longer reply,
     and `question` in the crop's coordinates for a region (see the module's doc).
     """
-    regions = parse_groundings(question)
-    if regions:
-        return _zoom_on_region(model, image, question, regions, reply, **generation)
+    if parse_groundings(question):
+        answer = ask_on_region_crop(model, image, question, **generation)
+        return reply if answer is None else answer
     groundings = parse_groundings(reply)
     alone = len(groundings) == 1
     small = [g for g in groundings if _one_small_box(g) and (alone or names_thing(g.phrase))]

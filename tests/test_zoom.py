@@ -114,3 +114,22 @@ def test_zoom_in_reads_image_files(tmp_path):
     model = CropModel("[[000,000,999,999]]")
     reply = zoom_in(model, tmp_path / "scene.png", "Where is the frog?", "[[400,400,450,450]]")
     assert parse_boxes(reply) and model.asked[0][0] == (120, 120)
+
+
+@pytest.mark.parametrize("crop_answer, asked", [
+    ("A frog.", [(120, 120)]),  # the crop's answer is the reply: the whole image is not asked
+    ("A frog [[000,000,999,999]].", [(120, 120), (400, 300)]),  # a box in it: not that one
+])
+def test_chat_with_zoom_asks_about_a_small_region_on_its_crop_first(tiny_model, monkeypatch,
+                                                                    crop_answer, asked):
+    sizes = []
+
+    def stream_chat(image, query, history=(), **generation):
+        sizes.append(image.size)
+        yield crop_answer if image.size == (120, 120) else "A cat."
+
+    monkeypatch.setattr(tiny_model, "stream_chat", stream_chat)
+    reply = tiny_model.chat(Image.new("RGB", (400, 300)), "What is in [[500,500,600,600]]?",
+                            zoom=True)
+    assert reply == ("A frog." if len(asked) == 1 else "A cat.")
+    assert sizes == asked
