@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .train_config import TrainConfig
+
 
 def main(argv: list[str] | None = None) -> int:
     parser, train_parser = build_parser()
@@ -61,7 +63,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
     p = sub.add_parser("train", help="fine-tune the visual expert (+ adapter); resumable; torchrun-ready")
     p.add_argument("--config", help="a JSON file of these options (flags given here override it)")
-    add_dataclass_arguments(p, "TrainConfig")
+    add_dataclass_arguments(p, TrainConfig)
     p.set_defaults(run=run_train)
     train_parser = p
 
@@ -140,13 +142,11 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256)
 
 
-def add_dataclass_arguments(p: argparse.ArgumentParser, name: str) -> None:
-    """One option per field of the training configuration (`--no-x` for flags on by default)."""
+def add_dataclass_arguments(p: argparse.ArgumentParser, config: type) -> None:
+    """One option per field of a configuration dataclass (`--no-x` for flags on by default)."""
     import dataclasses
 
-    from . import train
-
-    for f in dataclasses.fields(getattr(train, name)):
+    for f in dataclasses.fields(config):
         flag = "--" + f.name.replace("_", "-")
         required = f.default is dataclasses.MISSING
         if f.type == "bool | None":  # unset: the program decides
@@ -259,7 +259,7 @@ def run_train(args) -> int:
     import json
     import logging
 
-    from .train import TrainConfig, train
+    from .train import train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     names = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -29,6 +29,15 @@ def test_help_lists_the_commands():
         assert command in out.stdout
 
 
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["vqa"]])
+def test_help_and_bad_options_answer_without_loading_torch(args):
+    code = ("import sys\nfrom cogvlm_lite.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n"
+            "    pass\nprint(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'PIL'}))"
+            % args)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.splitlines()[-1] == "[]", out.stderr[-2000:]
+
+
 def test_option_choices_match_the_modules_that_take_them():
     """The parser spells some choices out (so --help imports neither torch nor the scene
     drawing); they must stay those the modules accept."""
