@@ -24,9 +24,9 @@ browser:
 demo: $(STAMP)
 	$(BIN)/python app.py
 
-test: $(STAMP) browser
-	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+# Lint, the mechanics (test-fast), then the tests that need the packaged pretrained weights.
+test: lint browser test-fast
+	$(BIN)/python -m pytest -q -m weights
 
 # Mechanics only: skips the tests that need the packaged pretrained weights.
 test-fast: $(STAMP)
