@@ -1,16 +1,17 @@
 """Zoom in: ask again about a small box on a crop around it, where the object looks bigger.
 
 On the encoder's grid an object under a fifth of the image covers a cell or two: the model's
-boxes for such objects are mostly centred on them but too large, and small regions are often
-misnamed. `zoom_in` looks again at each small box of a reply that stands alone in its group: it
-crops a square around the box (`CONTEXT` times its longer side, at least `MIN_CROP` of the
-image's shorter side), asks about the crop, and puts the crop's box, mapped back to the whole
-image, in place of the first one. A reply of one group is asked the same question again; in a
-reply of several groups (a grounded description) each small box is asked for by its phrase,
-"Where is the <phrase>?". A question that points at one small region is asked again on a crop
-around that region, in the crop's coordinates, and the crop's answer replaces the reply.
-Groups of several boxes, points, boxes whose phrase names nothing, and crops whose answer holds
-no single box (or, for a region, any box) are left alone.
+boxes for such objects are mostly centred on them but too large (so a box under a quarter of the
+image counts as small), and small regions are often misnamed. `zoom_in` looks again at each
+small box of a reply that stands alone in its group: it crops a square around the box (`CONTEXT`
+times its longer side, at least `MIN_CROP` of the image's shorter side), asks about the crop,
+and puts the crop's box, mapped back to the whole image, in place of the first one. A reply of
+one group is asked the same question again; in a reply of several groups (a grounded
+description) each small box is asked for by its phrase, "Where is the <phrase>?". A question
+that points at one small region is asked again on a crop around that region, in the crop's
+coordinates, and the crop's answer replaces the reply. Groups of several boxes, points, boxes
+whose phrase names nothing, and crops whose answer holds no single box (or, for a region, any
+box) are left alone.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .grounding import (
 )
 from .images import load_image
 
-SMALL = 0.2  # a box whose longer side is under this share of the image's is looked at again
+SMALL = 0.25  # a box whose longer side is under this share of the image's is looked at again
 CONTEXT = 3.0  # the crop's side, in the box's longer side
 MIN_CROP = 0.4  # the crop's smallest side, in the image's shorter side
 

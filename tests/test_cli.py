@@ -31,9 +31,9 @@ def test_help_lists_the_commands():
 
 @pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["vqa"]])
 def test_help_and_bad_options_answer_without_loading_torch(args):
-    code = ("import sys\nfrom cogvlm_lite.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n"
-            "    pass\nprint(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'PIL'}))"
-            % args)
+    code = (f"import sys\nfrom cogvlm_lite.cli import main\ntry:\n    main({args!r})\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'PIL'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.splitlines()[-1] == "[]", out.stderr[-2000:]
 

@@ -88,6 +88,7 @@ def test_zoom_in_keeps_a_region_answer_when_the_crop_answers_with_a_box():
 @pytest.mark.parametrize("question, reply", [
     ("Where is the frog?", "No box here."),
     ("Where is the frog?", "[[100,100,300,400]]"),  # not small
+    ("Where is the frog?", "[[100,100,360,300]]"),  # a quarter of the image and more
     ("Where are the frogs?", "[[100,100,150,150;300,300,350,350]]"),  # two boxes
     ("Where are the frogs?", "A [[100,100,150,150]] and a [[300,300,350,350]]."),
     ("Where is the frog?", "[[100,100;120,120]]"),  # points
