@@ -257,17 +257,16 @@ class VisionLanguageModel(nn.Module):
         again on a crop around them (`zoom.zoom_in`); a small region's crop is asked first,
         the whole image only where the crop's answer does not do.
         """
-        asks_about_region = bool(parse_groundings(query))
-        if zoom and image is not None and asks_about_region:
+        zoom = zoom and image is not None
+        about_region = zoom and bool(parse_groundings(query))
+        if about_region:
             answer = ask_on_region_crop(self, image, query, **kwargs)
             if answer is not None:
                 return answer
         reply = ""
         for text in self.stream_chat(image, query, history, **kwargs):
             reply = text
-        if zoom and image is not None and not asks_about_region:
-            reply = zoom_in(self, image, query, reply, **kwargs)
-        return reply
+        return zoom_in(self, image, query, reply, **kwargs) if zoom and not about_region else reply
 
     def stream_chat(self, image, query: str, history: Sequence = (), *,
                     system: str | None = None, **generation) -> Iterator[str]:
