@@ -22,7 +22,9 @@ and dropping the articles a/an/the. Box matches need IoU > 0.5 (strictly), every
 - ``reg`` (region -> name), ``spatial``, ``caption`` and any other type: normalised exact match;
   a ``spatial`` reference that is just "Yes." or "No." is scored like ``exist``.
 - ``count``: the first number in the answer (digits, or a word from zero to twenty) equals the
-  reference's.
+  reference's; accuracy is also split by that number: ``acc_one`` where it is 1, ``acc_several``
+  where it is more (``n_one``, ``n_several`` count them); "how many dogs?" with one dog in the
+  picture asks less than with three.
 - ``exist``: the first "yes" or "no" of the answer equals the reference's.
 - ``gcap`` (grounded description): every box of every group is matched one to one with the
   reference's (greedy by IoU), pooled over all answers into ``box_precision``/``box_recall``;
@@ -37,6 +39,7 @@ and dropping the articles a/an/the. Box matches need IoU > 0.5 (strictly), every
       "rec":  {... also "acc@0.5" (= accuracy), "n_multi", "multi_precision", "multi_recall",
                "n_small", "acc_small", "n_medium", "acc_medium", "n_large", "acc_large",
                "centred", "scale", and "centred_<size>", "scale_<size>" for each size},
+      "count": {... also "n_one", "acc_one", "n_several", "acc_several"},
       "gcap": {... also "box_precision", "box_recall", "named_precision", "named_recall"},
       "overall": {"n", "correct", "accuracy"},             # over all questions
       "missing": int,       # questions with no prediction (scored as wrong)
@@ -79,6 +82,7 @@ log = logging.getLogger(__name__)
 TASK_TYPES = ("rec", "reg", "count", "exist", "spatial", "gcap", "caption")
 IOU_THRESHOLD = 0.5  # a box matches when IoU > this
 SIZES = (("small", 200), ("medium", 300), ("large", None))  # rec: reference box's longer side
+COUNT_GROUPS = ("one", "several")  # count: reference number 1, or more
 
 _GROUP = re.compile(r"\[\[[^\[\]]*\]\]")
 _NOT_WORD = re.compile(r"[^\w\s]|_")
@@ -411,7 +415,11 @@ def _score_one(kind: str, qid: str, reference: str, prediction: str, tally: _Tal
         number = first_number(reference)
         if number is None:
             return normalize(prediction) == normalize(reference)
-        return first_number(prediction) == number
+        right = first_number(prediction) == number
+        if number >= 1:
+            group = "one" if number == 1 else "several"
+            tally.add(**{f"n_{group}": 1, f"correct_{group}": right})
+        return right
     if kind == "exist" or (kind == "spatial" and normalize(reference) in ("yes", "no")):
         answer = first_yes_no(reference)
         if answer is None:
@@ -486,6 +494,10 @@ def score(questions: Sequence[dict], predictions: Sequence[dict]) -> dict:
                 entry[f"acc_{size}"] = _ratio(c.get(f"correct_{size}", 0), n_size)
                 entry[f"centred_{size}"] = _ratio(c.get(f"centred_{size}", 0), n_size)
                 entry[f"scale_{size}"] = t.median(f"scale_{size}")
+        elif kind == "count":
+            for group in COUNT_GROUPS:
+                n_group = entry[f"n_{group}"] = c.get(f"n_{group}", 0)
+                entry[f"acc_{group}"] = _ratio(c.get(f"correct_{group}", 0), n_group)
         elif kind == "gcap":
             predicted, reference = c.get("box_predicted", 0), c.get("box_reference", 0)
             entry["box_precision"] = _precision(c.get("box_matched", 0), predicted, t.n)

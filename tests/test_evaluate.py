@@ -89,7 +89,8 @@ EXPECTED = {
             "centred_medium": 3 / 4, "scale_medium": pytest.approx(1.0),
             "centred_large": 1.0, "scale_large": pytest.approx(0.8477, abs=1e-4)},
     "reg": {"n": 2, "correct": 1, "missing": 0, "accuracy": 1 / 2},
-    "count": {"n": 3, "correct": 2, "missing": 0, "accuracy": 2 / 3},
+    "count": {"n": 3, "correct": 2, "missing": 0, "accuracy": 2 / 3,
+              "n_one": 1, "acc_one": 0.0, "n_several": 2, "acc_several": 1.0},
     "exist": {"n": 2, "correct": 1, "missing": 0, "accuracy": 1 / 2},
     "spatial": {"n": 3, "correct": 2, "missing": 0, "accuracy": 2 / 3},
     "gcap": {"n": 2, "correct": 1, "missing": 0, "accuracy": 1 / 2, "box_precision": 4 / 5,
@@ -165,6 +166,19 @@ def test_rec_tells_misplaced_boxes_from_missized_ones():
     assert (rec["centred_small"], rec["scale_small"]) == (1 / 3, pytest.approx(2.0))
     assert (rec["centred_large"], rec["scale_large"]) == (1.0, pytest.approx(0.25))
     assert (rec["centred_medium"], rec["scale_medium"]) == (None, None)
+
+
+def test_count_accuracy_is_split_by_one_and_several():
+    questions = [q("one", "count", "There is 1 dog."), q("two", "count", "There are 2 cats."),
+                 q("five", "count", "There are five objects."), q("none", "count", "None.")]
+    answers = {"one": "There is 1 dog.", "two": "There is 1 cat.", "five": "There are 5 objects.",
+               "none": "None."}
+    count = score(questions, [{"id": k, "prediction": v} for k, v in answers.items()])["count"]
+    assert count["correct"] == 3  # "none" is matched as text, in neither group
+    assert (count["n_one"], count["acc_one"]) == (1, 1.0)
+    assert (count["n_several"], count["acc_several"]) == (2, 1 / 2)
+    empty = score([q("one", "count", "There is 1 dog.")], [])["count"]
+    assert (empty["n_several"], empty["acc_several"]) == (0, None)
 
 
 def test_scoring_needs_reference_answers():
