@@ -29,6 +29,18 @@ def test_help_lists_the_commands():
         assert command in out.stdout
 
 
+def test_committed_recipes_are_train_options():
+    from cogvlm_lite.cli import build_parser, load_options
+    from cogvlm_lite.train_config import TrainConfig
+
+    recipes = sorted((Path(__file__).resolve().parent.parent / "checkpoints").glob("recipe*.json"))
+    assert len(recipes) >= 6
+    _, train_parser = build_parser()
+    for recipe in recipes:
+        options = load_options(str(recipe), train_parser)  # raises on an unknown option
+        assert TrainConfig(**options).data.endswith(".jsonl"), recipe
+
+
 @pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["vqa"]])
 def test_help_and_bad_options_answer_without_loading_torch(args):
     code = (f"import sys\nfrom cogvlm_lite.cli import main\ntry:\n    main({args!r})\n"
