@@ -17,10 +17,9 @@ from cogvlm_lite.scenes import write_dataset
 SEED = 31337  # never used for training data
 # Minimum accuracy per task type (rec: Acc@0.5); at commit it scored reg 0.67, count 0.77,
 # exist 0.93 and rec 0.23 here (it boxes small objects worse than the checkpoint before it,
-# which zoom makes up for), and the trivial baseline
-# (`eval --baseline`) 0.07, 0.43, 0.73 and 0.03. Thirty questions a type move a score by 0.03
-# each: the floors leave an answer's margin or more (on the 600 held-out questions counting
-# scores 0.61, referring expressions 0.43).
+# which zoom makes up for), and the trivial baseline (`eval --baseline`) 0.07, 0.43, 0.73 and
+# 0.03. Thirty questions a type move a score by 0.03 each: the floors leave an answer's margin
+# or more (on the 600 held-out questions counting scores 0.61, referring expressions 0.43).
 GUARDS = {"reg": 0.55, "count": 0.6, "exist": 0.8, "rec": 0.2}
 PER_TYPE = 30
 # Small objects (reference box's longer side under a fifth of the image) asked about with and
