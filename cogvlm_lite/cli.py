@@ -59,6 +59,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--counting", action="store_true",
                    help="also write train-count.jsonl: train.jsonl with one more conversation a "
                         "scene that only counts its objects")
+    p.add_argument("--locating", action="store_true",
+                   help="also write train-locate.jsonl: train.jsonl with one more conversation a "
+                        "scene that asks where each object is (with --counting: both, in "
+                        "train-count-locate.jsonl)")
     p.set_defaults(run=run_scenes)
 
     p = sub.add_parser("train", help="fine-tune the visual expert (+ adapter); resumable; torchrun-ready")
@@ -249,7 +253,8 @@ def run_scenes(args) -> int:
 
     summary = write_dataset(args.out, args.n, args.seed, image_size=args.image_size,
                             force=args.force, workers=args.workers, wording=args.wording,
-                            style=args.style, counting=args.counting)
+                            style=args.style, counting=args.counting,
+                            locating=args.locating)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -74,8 +74,9 @@ _TEXTURES = ("brick", "grass", "gravel", "moon", "ihc")  # ship with scikit-imag
 _UNSEEN_PHOTOS = ("hubble_deep_field.jpg", "retina.jpg", "page.png", "cell.png",
                   "microaneurysms.png", "text.png")
 STYLES = ("trained", "varied", "unseen")
-_DATASET_FILES = ("train.jsonl", "train-count.jsonl", "questions.jsonl", "images")
-COUNTING_SEED = 5  # the shuffle and wordings of `with_counting` in `write_dataset(counting=True)`
+_DATASET_FILES = ("train.jsonl", "train-count.jsonl", "train-locate.jsonl",
+                  "train-count-locate.jsonl", "questions.jsonl", "images")
+EXTRAS_SEED = 5  # the shuffle and wordings of `with_extras` in `write_dataset(extras=...)`
 _IMAGE_NAME = re.compile(r"[0-9]{6}\.png")
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -1091,38 +1092,74 @@ def scene_questions(scene: Scene, rng: np.random.Generator, wording: str = "trai
     return items
 
 
-def with_counting(conversations: list[dict], seed: int = COUNTING_SEED) -> list[dict]:
-    """`conversations` plus one counting conversation for each scene, all shuffled.
+def _counting_turns(objects: list[dict], rng: random.Random) -> list[dict]:
+    """How many objects there are (two or more), of each repeated class and of one seen once."""
+    groups = Counter(o["name"] for o in objects)
+    messages = []
+    if len(objects) > 1:
+        messages += [{"role": "user", "content": rng.choice(_COUNT_ALL)},
+                     {"role": "assistant",
+                      "content": _count_answer(len(objects), "object", "objects")}]
+    names = [name for name, k in groups.items() if k > 1]
+    singles = [name for name, k in groups.items() if k == 1]
+    if singles:
+        names.append(rng.choice(singles))
+    for name in names:
+        plural = _plural(name)
+        messages += [{"role": "user", "content": rng.choice(_COUNT).format(p=plural)},
+                     {"role": "assistant", "content": _count_answer(groups[name], name, plural)}]
+    return messages
 
-    The extra conversation asks, in the trained wording, how many objects there are (scenes of
-    two or more), how many of each repeated class and of one class seen once; counting is the
-    task a scene's few turns teach least. Scenes are told apart by their ``image``, and their
+
+def _locating_turns(objects: list[dict], rng: random.Random) -> list[dict]:
+    """Where each class is, in random order: its box, or all its boxes left to right."""
+    groups: dict[str, list[Box]] = {}
+    for obj in objects:
+        groups.setdefault(obj["name"], []).append(tuple(obj["box"]))
+    names = sorted(groups)
+    rng.shuffle(names)
+    messages = []
+    for name in names:
+        boxes = groups[name]
+        if len(boxes) == 1:
+            question, answer = rng.choice(_REC).format(n=name), format_box(boxes[0])
+        else:
+            question = rng.choice(_REC_ALL).format(n=name, p=_plural(name))
+            answer = format_boxes(_left_to_right(boxes))
+        messages += [{"role": "user", "content": question},
+                     {"role": "assistant", "content": answer}]
+    return messages
+
+
+EXTRAS = {"count": _counting_turns, "locate": _locating_turns}
+
+
+def with_extras(
+    conversations: list[dict], extras: Sequence[str] = ("count",), seed: int = EXTRAS_SEED
+) -> list[dict]:
+    """`conversations` plus, for each scene, one more conversation per name in `extras`; shuffled.
+
+    ``"count"`` asks, in the trained wording, how many objects there are (scenes of two or
+    more), how many of each repeated class and of one class seen once; ``"locate"`` asks where
+    every class is and answers with all its boxes. Counting and finding each object are what a
+    scene's few mixed turns teach least. Scenes are told apart by their ``image``, and their
     objects come from the records' ``objects``.
     """
+    unknown = [name for name in extras if name not in EXTRAS]
+    if unknown:
+        raise ValueError(f"unknown extra conversation {unknown[0]!r}; choose from {tuple(EXTRAS)}")
     rng = random.Random(seed)
     extra, seen = [], set()
     for record in conversations:
         if record["image"] in seen:
             continue
         seen.add(record["image"])
-        objects = record["objects"]
-        groups = Counter(o["name"] for o in objects)
-        messages = []
-        if len(objects) > 1:
-            messages += [{"role": "user", "content": rng.choice(_COUNT_ALL)},
-                         {"role": "assistant",
-                          "content": _count_answer(len(objects), "object", "objects")}]
-        names = [name for name, k in groups.items() if k > 1]
-        singles = [name for name, k in groups.items() if k == 1]
-        if singles:
-            names.append(rng.choice(singles))
-        for name in names:
-            plural = _plural(name)
-            messages += [{"role": "user", "content": rng.choice(_COUNT).format(p=plural)},
-                         {"role": "assistant", "content": _count_answer(groups[name], name, plural)}]
-        if messages:
-            extra.append({"image": record["image"], "messages": messages, "kind": "count",
-                          "objects": objects})
+        for name in extras:
+            messages = EXTRAS[name](record["objects"], rng)
+            if messages:
+                extra.append({"image": record["image"], "messages": messages,
+                              "kind": "rec" if name == "locate" else name,
+                              "objects": record["objects"]})
     records = [*conversations, *extra]
     rng.shuffle(records)
     return records
@@ -1189,6 +1226,7 @@ def _write_scene(out: Path, i: int, seed: int, image_size: int, wording: str,
 def write_dataset(
     out: str | Path, n: int, seed: int = 0, *, image_size: int = 256, force: bool = False,
     workers: int = 1, wording: str = "trained", style: str = "trained", counting: bool = False,
+    locating: bool = False,
 ) -> dict:
     """Write `n` scenes into `out`: ``images/``, ``train.jsonl`` and ``questions.jsonl``.
 
@@ -1203,7 +1241,9 @@ def write_dataset(
     trained scenes (turned, recoloured, blurred, grainy) for training; `style="unseen"` draws
     the objects in styles and on backgrounds the trained scenes never use (see `make_scene`):
     other scenes, to test robustness to new looks. `counting` also writes ``train-count.jsonl``:
-    ``train.jsonl`` with one more conversation a scene that only counts (`with_counting`).
+    ``train.jsonl`` with one more conversation a scene that only counts; `locating` one that
+    asks where each object is (``train-locate.jsonl``; both: ``train-count-locate.jsonl``; see
+    `with_extras`).
     Returns a summary: paths and counts per task type.
     """
     if n < 1:
@@ -1212,6 +1252,7 @@ def write_dataset(
         raise ValueError(f"wording must be one of {WORDINGS}, not {wording!r}")
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, not {style!r}")
+    extras = [name for name, wanted in (("count", counting), ("locate", locating)) if wanted]
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} is a file; --out must be a directory for the data set")
@@ -1240,7 +1281,7 @@ def write_dataset(
                 for record in conversations:
                     kinds[record["kind"]] += 1
                     train.write(record)
-                if counting:
+                if extras:
                     written += conversations
                 for item in items:
                     types[item["type"]] += 1
@@ -1251,21 +1292,22 @@ def write_dataset(
         raise
     train.commit()
     questions.commit()
-    counted = out / "train-count.jsonl"
-    if counting:
-        extended = _AtomicLines(counted)
-        for record in with_counting(written):
-            extended.write(record)
-        extended.commit()
-    else:
-        counted.unlink(missing_ok=True)  # an earlier data set's, which no longer matches
+    extended = out / f"train-{'-'.join(extras)}.jsonl"
+    for name in _DATASET_FILES:  # an earlier data set's extended files no longer match
+        if name.startswith("train-") and name != extended.name:
+            (out / name).unlink(missing_ok=True)
+    if extras:
+        lines = _AtomicLines(extended)
+        for record in with_extras(written, extras):
+            lines.write(record)
+        lines.commit()
     (out / "ATTRIBUTION.txt").write_text(ATTRIBUTION + "\n", encoding="utf-8")
     return {
         "out": str(out),
         "images": str(images),
         "train": str(train.path),
         "questions": str(questions.path),
-        **({"train_count": str(counted)} if counting else {}),
+        **({f"train_{'_'.join(extras)}": str(extended)} if extras else {}),
         "scenes": n,
         "seed": seed,
         "conversations": sum(kinds.values()),

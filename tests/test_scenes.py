@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cogvlm_lite.grounding import parse_boxes, parse_groundings
+from cogvlm_lite.grounding import iou, parse_boxes, parse_groundings
 from cogvlm_lite.scenes import (
     BACKGROUNDS,
     MAX_IOU,
@@ -18,6 +18,7 @@ from cogvlm_lite.scenes import (
     UNSEEN_WORDINGS,
     VARIED_WORDINGS,
     Scene,
+    _plural,
     background,
     make_scene,
     render_glyph,
@@ -522,3 +523,32 @@ def test_building_blocks_on_one_scene():
     assert questions[0]["type"] == "rec" and len(questions) <= 4
     with pytest.raises(ValueError, match="low <= high"):
         make_scene(rng, objects=(3, 2))
+
+
+def test_locating_adds_one_conversation_a_scene_that_finds_every_object(tmp_path, dataset):
+    trained_dir, _ = dataset
+    summary = write_dataset(tmp_path / "both", 20, seed=0, counting=True, locating=True)
+    assert _files(tmp_path / "both")["train.jsonl"] == _files(trained_dir)["train.jsonl"]
+    assert Path(summary["train_count_locate"]).name == "train-count-locate.jsonl"
+    plain = _read_jsonl(trained_dir / "train.jsonl")
+    records = _read_jsonl(Path(summary["train_count_locate"]))
+    extra = [r for r in records if r not in plain]
+    assert len(records) == len(plain) + 40 and len(extra) == 40  # one of each a scene
+    located = [r for r in extra if r["kind"] == "rec"]
+    assert len(located) == 20 and {r["image"] for r in located} == {r["image"] for r in plain}
+    for record in located:
+        asked = {}
+        for question, answer in zip(record["messages"][::2], record["messages"][1::2], strict=True):
+            boxes = parse_boxes(answer["content"])
+            asked[question["content"]] = boxes
+        want = Counter(o["name"] for o in record["objects"])
+        assert len(asked) == len(want)  # every class once
+        for question, boxes in asked.items():
+            said = [n for n in want if re.search(rf"\b({n}|{_plural(n)})\b", question)]
+            name = max(said, key=len)
+            assert len(boxes) == want[name], (question, boxes)
+            truth = [o["box"] for o in record["objects"] if o["name"] == name]
+            assert all(max(iou(b, t) for t in truth) > 0.95 for b in boxes)
+    write_dataset(tmp_path / "both", 20, seed=0, force=True, locating=True)
+    assert not (tmp_path / "both" / "train-count-locate.jsonl").exists()
+    assert (tmp_path / "both" / "train-locate.jsonl").exists()
