@@ -3,16 +3,15 @@
 On the encoder's grid an object under a fifth of the image covers a cell or two: the model's
 boxes for such objects are mostly centred on them but too large (so a box under a quarter of the
 image counts as small), and small regions are often misnamed. `zoom_in` looks again at each
-small box of a reply: it crops a square around the box (`CONTEXT` times its longer side, at least
-`MIN_CROP` of the image's shorter side), asks about the crop, and puts the crop's box, mapped back
-to the whole image, in place of the first one. A reply of one group is asked the same question
-again; in a reply of several groups (a grounded description) each group with a small box is
-asked for by its phrase, "Where is the <phrase>?" ("Where are all the cats?" for "two cats").
-A group of one box takes the crop's answer when it holds a single box; in a group of several,
-each small box takes the crop's box that overlaps it most, if any does. A question that points
-at one small region is asked again on a crop around that region, in the crop's coordinates, and
-the crop's answer replaces the reply. Points, boxes whose phrase names nothing, and crops whose
-answer holds no box that fits (or, for a region, any box) are left alone.
+small box of a reply that stands alone in its group: it crops a square around the box (`CONTEXT`
+times its longer side, at least `MIN_CROP` of the image's shorter side), asks about the crop,
+and puts the crop's box, mapped back to the whole image, in place of the first one. A reply of
+one group is asked the same question again; in a reply of several groups (a grounded
+description) each small box is asked for by its phrase, "Where is the <phrase>?". A question
+that points at one small region is asked again on a crop around that region, in the crop's
+coordinates, and the crop's answer replaces the reply. Groups of several boxes, points, boxes
+whose phrase names nothing, and crops whose answer holds no single box (or, for a region, any
+box) are left alone.
 """
 
 from __future__ import annotations
@@ -24,9 +23,7 @@ from .grounding import (
     Grounding,
     box_side,
     format_box,
-    format_boxes,
     from_pixels,
-    iou,
     names_thing,
     parse_boxes,
     parse_groundings,
@@ -69,24 +66,6 @@ def _one_small_box(group: Grounding) -> bool:
     return len(group.boxes) == 1 and not group.points and box_side(group.boxes[0]) < SMALL
 
 
-def _has_small_box(group: Grounding) -> bool:
-    """Whether a group of boxes (no points) has one under `SMALL` of the image."""
-    return not group.points and any(box_side(box) < SMALL for box in group.boxes)
-
-
-_COUNTS = {"two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "several"}
-
-
-def _where(group: Grounding) -> str:
-    """The question that asks for `group` by its phrase: "Where are all the cats?" for "two cats"."""
-    words = group.phrase.split()
-    if len(group.boxes) == 1:
-        return f"Where is the {group.phrase}?"
-    if len(words) > 1 and (words[0].lower() in _COUNTS or words[0].isdigit()):
-        words = words[1:]
-    return f"Where are all the {' '.join(words)}?"
-
-
 def ask_on_region_crop(model, image, question: str, **generation) -> str | None:
     """The answer to `question` about one small region, asked on a crop around that region.
 
@@ -119,26 +98,16 @@ def zoom_in(model, image, question: str, reply: str, **generation) -> str:
         return reply if answer is None else answer
     groundings = parse_groundings(reply)
     alone = len(groundings) == 1
-    small = [g for g in groundings if _has_small_box(g) and (alone or names_thing(g.phrase))]
+    small = [g for g in groundings if _one_small_box(g) and (alone or names_thing(g.phrase))]
     if not small:
         return reply
     image = image if isinstance(image, Image.Image) else load_image(image)
     pieces, done = [], 0
     for g in small:
-        query = question if alone else _where(g)
-        boxes = list(g.boxes)
-        for i, box in enumerate(g.boxes):
-            if box_side(box) >= SMALL:
-                continue
-            crop = crop_around(box, *image.size)
-            answer = model.chat(image.crop(crop), query, history=[], **generation)
-            found = [from_crop(b, crop, *image.size) for b in parse_boxes(answer)]
-            if len(g.boxes) == 1:
-                boxes = found if len(found) == 1 else boxes
-            elif found:
-                best = max(found, key=lambda b: iou(b, box))
-                boxes[i] = best if iou(best, box) > 0 else box
-        if boxes != g.boxes:
-            pieces += [reply[done : g.start], format_boxes(boxes)]
+        crop = crop_around(g.boxes[0], *image.size)
+        query = question if alone else f"Where is the {g.phrase}?"
+        boxes = parse_boxes(model.chat(image.crop(crop), query, history=[], **generation))
+        if len(boxes) == 1:
+            pieces += [reply[done : g.start], format_box(from_crop(boxes[0], crop, *image.size))]
             done = g.end
     return "".join(pieces) + reply[done:]
