@@ -76,7 +76,7 @@ _UNSEEN_PHOTOS = ("hubble_deep_field.jpg", "retina.jpg", "page.png", "cell.png",
 STYLES = ("trained", "varied", "unseen")
 _DATASET_FILES = ("train.jsonl", "train-count.jsonl", "train-locate.jsonl",
                   "train-count-locate.jsonl", "questions.jsonl", "images")
-EXTRAS_SEED = 5  # the shuffle and wordings of `with_extras` in `write_dataset(extras=...)`
+EXTRAS_SEED = 5  # the shuffle and wordings of `with_extras` (`write_dataset(counting=, locating=)`)
 _IMAGE_NAME = re.compile(r"[0-9]{6}\.png")
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -1131,7 +1131,8 @@ def _locating_turns(objects: list[dict], rng: random.Random) -> list[dict]:
     return messages
 
 
-EXTRAS = {"count": _counting_turns, "locate": _locating_turns}
+# name -> (the extra conversation's task kind, its turns)
+EXTRAS = {"count": ("count", _counting_turns), "locate": ("rec", _locating_turns)}
 
 
 def with_extras(
@@ -1155,10 +1156,10 @@ def with_extras(
             continue
         seen.add(record["image"])
         for name in extras:
-            messages = EXTRAS[name](record["objects"], rng)
+            kind, turns = EXTRAS[name]
+            messages = turns(record["objects"], rng)
             if messages:
-                extra.append({"image": record["image"], "messages": messages,
-                              "kind": "rec" if name == "locate" else name,
+                extra.append({"image": record["image"], "messages": messages, "kind": kind,
                               "objects": record["objects"]})
     records = [*conversations, *extra]
     rng.shuffle(records)
