@@ -115,6 +115,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--force", action="store_true", help="replace a checkpoint already in --out")
     p.set_defaults(run=run_shrink)
 
+    p = sub.add_parser("average", help="average the weights of checkpoints of one config (a soup)")
+    p.add_argument("checkpoints", nargs="+", help="two checkpoint folders or more")
+    p.add_argument("--weights", type=float, nargs="+", help="one a checkpoint (default: equal)")
+    p.add_argument("--out", required=True, help="folder of the new checkpoint")
+    p.add_argument("--save-dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--force", action="store_true", help="replace a checkpoint already in --out")
+    p.set_defaults(run=run_average)
+
     p = sub.add_parser("probe", help="how well the image tokens of an image size name and find "
                                       "objects: a fresh adapter pre-aligned, no LM training")
     p.add_argument("--data", required=True, help="scenes train.jsonl to pre-align on")
@@ -316,11 +324,9 @@ def run_shrink(args) -> int:
 
     import torch
 
-    from .model import CONFIG_NAME, DEFAULT_CHECKPOINT, WEIGHTS_NAME, atomic_write, load_model
+    from .model import DEFAULT_CHECKPOINT, WEIGHTS_NAME, atomic_write, load_model
 
-    out = Path(args.out)
-    if not args.force and ((out / CONFIG_NAME).exists() or (out / WEIGHTS_NAME).exists()):
-        raise ValueError(f"{out} already holds a checkpoint; pass --force to replace it")
+    out = free_checkpoint_folder(args.out, args.force)
     model = load_model(args.checkpoint, device="cpu", dtype=torch.float32)
     kept = model.shrink_expert(args.rank)
     model.save_pretrained(out, getattr(torch, args.save_dtype))
@@ -332,6 +338,35 @@ def run_shrink(args) -> int:
     print(json.dumps({"out": str(out), "rank": args.rank, "copied": copied,
                       "trainable_parameters": model.parameter_counts()["trainable"],
                       "smallest_energy_kept": round(kept, 6),
+                      "megabytes": round((out / WEIGHTS_NAME).stat().st_size / 1e6, 2)}))
+    return 0
+
+
+def free_checkpoint_folder(folder: str, force: bool):
+    """`folder` as a Path, unless it holds a checkpoint that `force` does not let us replace."""
+    from pathlib import Path
+
+    from .model import CONFIG_NAME, WEIGHTS_NAME
+
+    out = Path(folder)
+    if not force and ((out / CONFIG_NAME).exists() or (out / WEIGHTS_NAME).exists()):
+        raise ValueError(f"{out} already holds a checkpoint; pass --force to replace it")
+    return out
+
+
+def run_average(args) -> int:
+    import json
+
+    import torch
+
+    from .model import WEIGHTS_NAME, average_checkpoints
+
+    out = free_checkpoint_folder(args.out, args.force)
+    model = average_checkpoints(args.checkpoints, args.weights)
+    model.save_pretrained(out, getattr(torch, args.save_dtype))
+    weights = args.weights or [1.0] * len(args.checkpoints)
+    print(json.dumps({"out": str(out), "checkpoints": args.checkpoints,
+                      "weights": [w / sum(weights) for w in weights],
                       "megabytes": round((out / WEIGHTS_NAME).stat().st_size / 1e6, 2)}))
     return 0
 

@@ -512,6 +512,36 @@ def _load(path, device, dtype, image_size=None) -> VisionLanguageModel:
     return model
 
 
+def average_checkpoints(paths: Sequence[str | Path], weights: Sequence[float] | None = None,
+                        ) -> VisionLanguageModel:
+    """A model whose trainable tensors are the weighted mean of several checkpoints' (a soup).
+
+    The checkpoints must share one config and base models, as stages trained from one another do;
+    `weights` (default: equal) need not sum to 1. The mean is taken in float32, on the CPU.
+    """
+    paths = [Path(p) for p in paths]
+    weights = [1.0] * len(paths) if weights is None else [float(w) for w in weights]
+    if len(paths) < 2:
+        raise ValueError("averaging needs two checkpoints or more")
+    if len(weights) != len(paths) or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"give one weight a checkpoint, none negative, not all zero: {len(paths)} "
+                         f"checkpoints, weights {weights}")
+    first = read_checkpoint_config(paths[0])
+    for path in paths[1:]:
+        meta = read_checkpoint_config(path)
+        if (meta["config"], meta.get("base")) != (first["config"], first.get("base")):
+            raise CheckpointError(f"{path} has a different config or base model than {paths[0]}: "
+                                  "only checkpoints of one config and base can be averaged.")
+    model = load_model(paths[0], device="cpu", dtype=torch.float32)
+    mean = {k: torch.zeros_like(v) for k, v in model.trainable_state_dict().items()}
+    for path, weight in zip(paths, weights, strict=True):
+        load_trainable(model, path / WEIGHTS_NAME)
+        for key, value in model.trainable_state_dict().items():
+            mean[key] += value * (weight / sum(weights))
+    model.load_state_dict(mean, strict=False)
+    return model
+
+
 def read_checkpoint_config(path: Path) -> dict:
     file = path / CONFIG_NAME
     if not file.is_file():

@@ -25,7 +25,8 @@ def tiny_checkpoint(tiny_model, tmp_path):
 def test_help_lists_the_commands():
     out = cli("--help")
     assert out.returncode == 0
-    for command in ("chat", "scenes", "train", "vqa", "eval", "serve", "bench", "shrink", "probe"):
+    for command in ("chat", "scenes", "train", "vqa", "eval", "serve", "bench", "shrink", "average",
+                    "probe"):
         assert command in out.stdout
 
 
@@ -186,6 +187,32 @@ def test_bench_quick_json_has_stable_keys():
         "transformers_bf16_vs_ceiling",
         "decode_int8_vs_llama_cpp_q4_1", "decode_int4_vs_llama_cpp_q4_1",
         "train_vs_lm_forward_backward"}
+
+
+def test_average_writes_the_mean_checkpoint_and_refuses_to_overwrite(tiny_model, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from cogvlm_lite.model import load_model
+
+    tiny_model.save_pretrained(tmp_path / "a")
+    with torch.no_grad():
+        tiny_model.adapter.boi.add_(2.0)
+    tiny_model.save_pretrained(tmp_path / "b")
+    out = tmp_path / "soup"
+    args = ("average", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out))
+    done = cli(*args, "--weights", "1", "3")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["weights"] == [0.25, 0.75]
+    a, soup = load_file(tmp_path / "a/model.safetensors"), load_file(out / "model.safetensors")
+    assert soup["adapter.boi"].dtype == torch.bfloat16
+    assert torch.allclose(soup["adapter.boi"].float(), a["adapter.boi"] + 1.5, atol=0.02)
+    assert load_model(out, device="cpu").config == tiny_model.config
+    again = cli(*args)
+    assert again.returncode == 1 and "already holds a checkpoint" in again.stderr
+    alone = cli("average", str(tmp_path / "a"), "--out", str(tmp_path / "alone"))
+    assert alone.returncode == 1 and "two checkpoints or more" in alone.stderr
+    assert not (tmp_path / "alone").exists()
 
 
 def test_shrink_writes_a_smaller_checkpoint_and_refuses_to_overwrite(tiny_checkpoint, tmp_path):

@@ -11,7 +11,7 @@ from tiny import tiny_config
 
 from cogvlm_lite.conversation import IGNORE, IMAGE_TOKEN_ID
 from cogvlm_lite.decoder import Decoder
-from cogvlm_lite.model import CheckpointError, build_model, load_model
+from cogvlm_lite.model import CheckpointError, average_checkpoints, build_model, load_model
 
 
 def image(seed=0, size=(80, 60)):
@@ -302,3 +302,30 @@ def test_without_a_default_checkpoint_the_untrained_model_takes_the_image_size(m
     model = load_model(device="cpu", image_size=320)
     assert model.config.vision.image_size == 320
     assert model.pixels([image()]).shape[-2:] == (320, 320)
+
+
+def test_averaging_checkpoints_gives_the_weighted_mean_of_their_tensors(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "a")
+    first = {k: v.clone() for k, v in tiny_model.trainable_state_dict().items()}
+    with torch.no_grad():
+        for v in tiny_model.parameters():
+            if v.requires_grad:
+                v.add_(1.0)
+    tiny_model.save_pretrained(tmp_path / "b")
+    second = tiny_model.trainable_state_dict()
+    mean = average_checkpoints([tmp_path / "a", tmp_path / "b"], [3, 1])
+    for key, value in mean.trainable_state_dict().items():
+        assert torch.allclose(value, 0.75 * first[key] + 0.25 * second[key], atol=1e-6), key
+    with pytest.raises(ValueError, match="two checkpoints or more"):
+        average_checkpoints([tmp_path / "a"])
+    with pytest.raises(ValueError, match="one weight a checkpoint"):
+        average_checkpoints([tmp_path / "a", tmp_path / "b"], [1])
+
+
+def test_averaging_refuses_checkpoints_of_different_configs(tiny_model, tiny_lm_dir,
+                                                            tiny_encoder_file, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "rank4")
+    full = build_model(tiny_config(tiny_lm_dir, tiny_encoder_file, kind="full"), device="cpu")
+    full.save_pretrained(tmp_path / "full")
+    with pytest.raises(CheckpointError, match="different config"):
+        average_checkpoints([tmp_path / "rank4", tmp_path / "full"])
