@@ -533,11 +533,12 @@ def average_checkpoints(paths: Sequence[str | Path], weights: Sequence[float] | 
             raise CheckpointError(f"{path} has a different config or base model than {paths[0]}: "
                                   "only checkpoints of one config and base can be averaged.")
     model = load_model(paths[0], device="cpu", dtype=torch.float32)
+    total = sum(weights)
     mean = {k: torch.zeros_like(v) for k, v in model.trainable_state_dict().items()}
     for path, weight in zip(paths, weights, strict=True):
         load_trainable(model, path / WEIGHTS_NAME)
         for key, value in model.trainable_state_dict().items():
-            mean[key] += value * (weight / sum(weights))
+            mean[key] += value * (weight / total)
     model.load_state_dict(mean, strict=False)
     return model
 
