@@ -52,10 +52,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                    help="varied: about half the questions in more phrasings, for training; "
                         "unseen: the same scenes and answers, every question worded as training "
                         "data never is (to test robustness to new phrasings)")
-    p.add_argument("--style", choices=("trained", "varied", "unseen"), default="trained",
+    p.add_argument("--style", choices=("trained", "varied", "broad", "unseen"), default="trained",
                    help="varied: the trained look augmented (turned, recoloured, blurred, "
-                        "grainy), for training; unseen: objects drawn in styles and on "
-                        "photographs that training scenes never use (to test robustness to new looks)")
+                        "grainy), for training; broad: varied, and some scenes on patterned "
+                        "backgrounds, some pictures in grey or turned hues; unseen: objects "
+                        "drawn in styles and on photographs that training scenes never use (to "
+                        "test robustness to new looks)")
     p.add_argument("--counting", action="store_true",
                    help="also write train-count.jsonl: train.jsonl with one more conversation a "
                         "scene that only counts its objects")

@@ -73,7 +73,9 @@ _TEXTURES = ("brick", "grass", "gravel", "moon", "ihc")  # ship with scikit-imag
 # Pictures that no training scene shows, and that hold none of the object classes.
 _UNSEEN_PHOTOS = ("hubble_deep_field.jpg", "retina.jpg", "page.png", "cell.png",
                   "microaneurysms.png", "text.png")
-STYLES = ("trained", "varied", "unseen")
+STYLES = ("trained", "varied", "broad", "unseen")
+BROAD_COLOUR_RATE = 0.3  # fraction of `broad` scenes whose whole picture is turned grey or re-hued
+BROAD_PATTERN_RATE = 0.3  # and of those drawn on one of its own patterned backgrounds
 _DATASET_FILES = ("train.jsonl", "train-count.jsonl", "train-locate.jsonl",
                   "train-count-locate.jsonl", "questions.jsonl", "images")
 EXTRAS_SEED = 5  # the shuffle and wordings of `with_extras` (`write_dataset(counting=, locating=)`)
@@ -321,6 +323,38 @@ def vary_image(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return image
 
 
+def recolour_image(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """The whole picture, objects and background alike, in grey or with every hue turned by the
+    same amount: a training augmentation that makes colour a weaker cue than shape."""
+    if rng.random() < 0.5:
+        return image.convert("L").convert("RGB")
+    h, sat, val = image.convert("HSV").split()
+    turn = int(rng.integers(32, 224))
+    return Image.merge("HSV", (h.point(lambda v: (v + turn) % 256), sat, val)).convert("RGB")
+
+
+def pattern_background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """A busy background of the `broad` style's own: stripes, checks or cloudy fractal noise in
+    two random colours (no photograph)."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    kind = int(rng.integers(3))
+    if kind == 0:  # stripes at a random angle and period
+        angle, period = rng.uniform(0, math.pi), rng.uniform(6, 40)
+        t = (np.sin((xs * math.cos(angle) + ys * math.sin(angle)) * 2 * math.pi / period) + 1) / 2
+    elif kind == 1:  # checks
+        cell = rng.uniform(8, 48)
+        t = ((xs // cell + ys // cell) % 2).astype(np.float32)
+    else:  # clouds: octaves of smooth noise, each finer and fainter
+        t = np.zeros((height, width), np.float32)
+        for octave in range(5):
+            cells = rng.uniform(0, 1, (2 + 2**octave, 2 + 2**octave))
+            coarse = Image.fromarray(np.round(cells * 255).astype(np.uint8), "L")
+            layer = np.asarray(coarse.resize((width, height), Image.Resampling.BICUBIC), np.float32)
+            t += layer / 255 * 0.5**octave
+        t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+    return _picture(_mix(_colour(rng), _colour(rng), t))
+
+
 # ---------------------------------------------------------------------------------------------
 # Scenes
 
@@ -380,8 +414,10 @@ def make_scene(
     from `backgrounds`. Objects overlap at most a little (box IoU <= `MAX_IOU`, at least
     `MIN_VISIBLE` of each object's pixels uncovered); each box is the tight box of the object's
     visible pixels, relative to the image. `style="varied"` augments the trained look for
-    training (`vary_glyph`, `vary_image`); `style="unseen"` draws every object in a style no
-    trained scene uses (`restyle`) on a photograph no trained scene shows (`backgrounds` unused).
+    training (`vary_glyph`, `vary_image`); `style="broad"` augments it more: some scenes on
+    patterned backgrounds (`pattern_background`), some whole pictures in grey or turned hues
+    (`recolour_image`); `style="unseen"` draws every object in a style no trained scene uses
+    (`restyle`) on a photograph no trained scene shows (`backgrounds` unused).
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, not {style!r}")
@@ -397,6 +433,8 @@ def make_scene(
     height = round(image_size * rng.uniform(0.75, 1.25))
     if style == "unseen":
         canvas = _picture(_texture_background(rng, width, height, _UNSEEN_PHOTOS))
+    elif style == "broad" and rng.random() < BROAD_PATTERN_RATE:
+        canvas = pattern_background(rng, width, height)
     else:
         canvas = background(rng, width, height, backgrounds[rng.integers(len(backgrounds))])
     canvas = canvas.convert("RGBA")
@@ -412,7 +450,7 @@ def make_scene(
             if attempt and attempt % 15 == 0:
                 size = max(MIN_SIZE * short, size * 0.75)  # crowded: try smaller
             sprite = render_glyph(cls, max(4, round(size)))
-            if style == "varied":
+            if style in ("varied", "broad"):
                 sprite = vary_glyph(sprite, rng)
             if sprite.width > width or sprite.height > height:
                 continue
@@ -442,7 +480,11 @@ def make_scene(
         box = (x0 / width, y0 / height, x1 / width, y1 / height)
         scene_objects.append(SceneObject(cls.name, box, mask))
     image = canvas.convert("RGB")
-    return Scene(vary_image(image, rng) if style == "varied" else image, scene_objects)
+    if style in ("varied", "broad"):
+        image = vary_image(image, rng)
+    if style == "broad" and rng.random() < BROAD_COLOUR_RATE:
+        image = recolour_image(image, rng)
+    return Scene(image, scene_objects)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1239,7 +1281,8 @@ def write_dataset(
     asks every question in a wording the trained one never uses (`UNSEEN_WORDINGS`): the same
     scenes and answers, to test robustness to new phrasings; `wording="varied"` asks about half
     the questions in more phrasings (`VARIED_WORDINGS`), for training. `style="varied"` augments the
-    trained scenes (turned, recoloured, blurred, grainy) for training; `style="unseen"` draws
+    trained scenes (turned, recoloured, blurred, grainy) for training, `style="broad"` more so
+    (also patterned backgrounds, whole pictures in grey or turned hues); `style="unseen"` draws
     the objects in styles and on backgrounds the trained scenes never use (see `make_scene`):
     other scenes, to test robustness to new looks. `counting` also writes ``train-count.jsonl``:
     ``train.jsonl`` with one more conversation a scene that only counts; `locating` one that

@@ -21,6 +21,8 @@ from cogvlm_lite.scenes import (
     _plural,
     background,
     make_scene,
+    pattern_background,
+    recolour_image,
     render_glyph,
     restyle,
     scene_conversations,
@@ -272,6 +274,39 @@ def test_varied_style_augments_the_trained_scenes(tmp_path, dataset):
             x0, y0, x1, y1 = o.box
             rows, cols = np.flatnonzero(o.mask.any(1)), np.flatnonzero(o.mask.any(0))
             assert (cols[0] / w, rows[0] / h, (cols[-1] + 1) / w, (rows[-1] + 1) / h) == o.box
+
+
+def test_broad_style_adds_grey_and_turned_pictures_and_patterned_backgrounds(tmp_path, dataset):
+    trained_dir, trained = dataset
+    broad = write_dataset(tmp_path / "broad", 20, seed=0, style="broad")
+    assert set(broad["question_types"]) == set(trained["question_types"])
+    grey = 0
+    for seed in range(30):
+        scene = make_scene(np.random.default_rng(seed), style="broad")
+        assert scene.objects
+        pixels = np.asarray(scene.image, np.int16)
+        grey += bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all())
+        for o in scene.objects:  # each box is still the tight box of the object's pixels
+            h, w = o.mask.shape
+            rows, cols = np.flatnonzero(o.mask.any(1)), np.flatnonzero(o.mask.any(0))
+            assert (cols[0] / w, rows[0] / h, (cols[-1] + 1) / w, (rows[-1] + 1) / h) == o.box
+    assert 0 < grey < 15  # some whole pictures turned grey, most not
+
+    tomato = next(c for c in vocabulary() if c.name == "tomato")
+    picture = background(np.random.default_rng(0), 64, 64, "solid").convert("RGBA")
+    picture.alpha_composite(render_glyph(tomato, 48), (8, 8))
+    picture = picture.convert("RGB")
+    recoloured = [np.asarray(recolour_image(picture, np.random.default_rng(s)), np.int16)
+                  for s in range(8)]
+    original = np.asarray(picture, np.int16)
+    for r in recoloured:
+        assert r.shape == original.shape and not np.array_equal(r, original)
+    assert any((r[..., 0] == r[..., 2]).all() for r in recoloured)  # grey
+    assert any((r[..., 0] != r[..., 2]).any() for r in recoloured)  # turned hues
+
+    for seed in range(6):  # stripes, checks, clouds: busy, two-coloured
+        pattern = np.asarray(pattern_background(np.random.default_rng(seed), 80, 60), np.float32)
+        assert pattern.shape == (60, 80, 3) and pattern.std(axis=(0, 1)).max() > 5
 
 
 def test_unseen_style_draws_other_scenes_with_the_same_kinds_of_questions(tmp_path, dataset):
