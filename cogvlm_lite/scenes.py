@@ -75,7 +75,7 @@ _UNSEEN_PHOTOS = ("hubble_deep_field.jpg", "retina.jpg", "page.png", "cell.png",
                   "microaneurysms.png", "text.png")
 STYLES = ("trained", "varied", "broad", "unseen")
 BROAD_COLOUR_RATE = 0.3  # fraction of `broad` scenes whose whole picture is turned grey or re-hued
-BROAD_PATTERN_RATE = 0.3  # and of those drawn on one of its own patterned backgrounds
+BROAD_PATTERN_RATE = 0.3  # fraction of `broad` scenes drawn on a patterned background of its own
 _DATASET_FILES = ("train.jsonl", "train-count.jsonl", "train-locate.jsonl",
                   "train-count-locate.jsonl", "questions.jsonl", "images")
 EXTRAS_SEED = 5  # the shuffle and wordings of `with_extras` (`write_dataset(counting=, locating=)`)
@@ -211,6 +211,18 @@ def _mix(c0: np.ndarray, c1: np.ndarray, t: np.ndarray) -> np.ndarray:
     return c0 + (c1 - c0) * t[..., None]
 
 
+def _smooth_noise(cells: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A coarse grid of values in [0, 1] enlarged smoothly (bicubic) to (height, width)."""
+    coarse = Image.fromarray(np.round(cells * 255).astype(np.uint8), "L")
+    return np.asarray(coarse.resize((width, height), Image.Resampling.BICUBIC), np.float32) / 255
+
+
+def _turn_hues(rgb: Image.Image, turn: int) -> Image.Image:
+    """`rgb` with every hue turned by `turn` (of 256), saturation and value kept."""
+    h, sat, val = rgb.convert("HSV").split()
+    return Image.merge("HSV", (h.point(lambda v: (v + turn) % 256), sat, val)).convert("RGB")
+
+
 @functools.cache
 def _texture(name: str) -> np.ndarray:
     """A scikit-image sample picture as floats in [0, 1], read from the installed package."""
@@ -259,9 +271,7 @@ def background(
         pixels = _mix(_colour(rng), _colour(rng), t / max(float(t.max()), 1e-6))
     elif kind == "noise":
         cells = rng.uniform(0, 1, (int(rng.integers(2, 13)), int(rng.integers(2, 13))))
-        coarse = Image.fromarray(np.round(cells * 255).astype(np.uint8), "L")
-        t = np.asarray(coarse.resize((width, height), Image.Resampling.BICUBIC), np.float32)
-        pixels = _mix(_colour(rng), _colour(rng), t / 255)
+        pixels = _mix(_colour(rng), _colour(rng), _smooth_noise(cells, width, height))
         pixels = pixels + rng.normal(0, rng.uniform(2, 14), pixels.shape)
     elif kind == "texture":
         pixels = _texture_background(rng, width, height)
@@ -281,10 +291,7 @@ def restyle(sprite: Image.Image, rng: np.random.Generator) -> Image.Image:
     rgb, alpha = sprite.convert("RGB"), sprite.getchannel("A")
     kind = int(rng.integers(3))
     if kind == 2:
-        h, sat, val = rgb.convert("HSV").split()
-        turn = int(rng.integers(64, 192))
-        h = h.point(lambda v: (v + turn) % 256)
-        rgb = Image.merge("HSV", (h, sat, val)).convert("RGB")
+        rgb = _turn_hues(rgb, int(rng.integers(64, 192)))
     else:
         grey = np.asarray(rgb.convert("L"), np.float32)[..., None] / 255
         tint = np.full(3, 255, np.float32) if kind == 0 else _colour(rng)
@@ -328,9 +335,7 @@ def recolour_image(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     same amount: a training augmentation that makes colour a weaker cue than shape."""
     if rng.random() < 0.5:
         return image.convert("L").convert("RGB")
-    h, sat, val = image.convert("HSV").split()
-    turn = int(rng.integers(32, 224))
-    return Image.merge("HSV", (h.point(lambda v: (v + turn) % 256), sat, val)).convert("RGB")
+    return _turn_hues(image, int(rng.integers(32, 224)))
 
 
 def pattern_background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
@@ -348,9 +353,7 @@ def pattern_background(rng: np.random.Generator, width: int, height: int) -> Ima
         t = np.zeros((height, width), np.float32)
         for octave in range(5):
             cells = rng.uniform(0, 1, (2 + 2**octave, 2 + 2**octave))
-            coarse = Image.fromarray(np.round(cells * 255).astype(np.uint8), "L")
-            layer = np.asarray(coarse.resize((width, height), Image.Resampling.BICUBIC), np.float32)
-            t += layer / 255 * 0.5**octave
+            t += _smooth_noise(cells, width, height) * 0.5**octave
         t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
     return _picture(_mix(_colour(rng), _colour(rng), t))
 
