@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -301,16 +302,22 @@ class VisionLanguageModel(nn.Module):
             n_image = self.adapter.num_tokens if image is not None else 0
             ids = self.builder.encode(messages, image_tokens=n_image,
                                       reserve=config.max_new_tokens).input_ids
-            cache, done = self._reuse(image_key, ids)
+            shared = self._shared_length(ids)
+            cache, done = self._reuse(image_key, ids, shared)
             cache.ensure(len(ids) + max(n_image - 1, 0) + config.max_new_tokens)
-            rest = torch.tensor([ids[done:]], device=self.device)
-            inputs = self.prepare(rest, embeds, start_position=self._position(ids, done, n_image))
+            # The system prompt and the image are a chunk of their own: how a chunk rounds
+            # depends on its length, and their keys and values serve every later question.
+            cuts = [done, shared, len(ids)] if done < shared else [done, len(ids)]
             with self._prefill_autocast(image is not None):
-                hidden = self.hidden_states(inputs, cache=cache)[0, -1]
+                for start, stop in itertools.pairwise(cuts):
+                    chunk = torch.tensor([ids[start:stop]], device=self.device)
+                    inputs = self.prepare(chunk, embeds,
+                                          start_position=self._position(ids, start, n_image))
+                    hidden = self.hidden_states(inputs, cache=cache)[0, -1]
             last_logits = self.lm.logits(hidden.to(self.lm.embed_tokens.weight.dtype))
         next_position = int(inputs.position_ids[0, -1]) + 1
         self._session = session = {"image": image_key, "embeds": embeds, "ids": ids,
-                                   "cache": cache}
+                                   "prompt": len(ids), "cache": cache}
         generated: list[int] = []
         text = ""
         try:
@@ -332,8 +339,13 @@ class VisionLanguageModel(nn.Module):
         """Forget the cached conversation."""
         self._session = None
 
-    def _reuse(self, image_key, ids: list[int]):
-        """A KV cache holding the longest reusable prefix of `ids`, and that prefix's length."""
+    def _reuse(self, image_key, ids: list[int], shared: int):
+        """A KV cache holding the reusable prefix of `ids`, and that prefix's length.
+
+        A conversation that goes on reuses all it shares with the cached one; any other (a new
+        question, the same one again) only the first `shared` ids, the system prompt and the
+        image, so its answer is the one it gets when asked first.
+        """
         s = self._session
         if s is None or s["image"] != image_key:
             return self.lm.new_cache(1, 256), 0
@@ -343,11 +355,18 @@ class VisionLanguageModel(nn.Module):
             if a != b:
                 break
             n += 1
+        if n < s["prompt"] or len(ids) == s["prompt"]:  # not a continuation
+            n = min(n, shared)
         n = min(n, len(ids) - 1)  # always recompute the last prompt token for its logits
         cache = s["cache"]
         n_image = self.adapter.num_tokens if image_key is not None else 0
         cache.crop(self._cache_length(ids[:n], n_image))
         return cache, n
+
+    @staticmethod
+    def _shared_length(ids: list[int]) -> int:
+        """How many ids every question about the same image starts with: up to the image."""
+        return ids.index(IMAGE_TOKEN_ID) + 1 if IMAGE_TOKEN_ID in ids else 0
 
     @staticmethod
     def _cache_length(ids: list[int], n_image: int) -> int:

@@ -93,3 +93,20 @@ def test_zooming_in_names_small_regions_better(default_model, scenes):
             reply = default_model.chat(image, q["question"], max_new_tokens=24, zoom=zoom)
             right[zoom] += normalize(reply) == normalize(q["answer"])
     assert right[True] > right[False], right
+
+
+@pytest.mark.weights
+def test_an_answer_does_not_depend_on_the_questions_asked_before(default_model, tmp_path):
+    """Held-out scene 2 of seed 99: its counting question was once answered 'There are 2
+    butterflies.' after the question before it and 'There is 1 butterfly.' when asked first."""
+    write_dataset(tmp_path, 3, seed=99)
+    questions = [q for q in read_questions(tmp_path / "questions.jsonl")
+                 if q["id"].startswith("000002")]
+    image = load_image(tmp_path / questions[0]["image"])
+    in_turn = [default_model.chat(image, q["question"], max_new_tokens=40) for q in questions]
+    alone = []
+    for q in questions:
+        default_model.reset()
+        alone.append(default_model.chat(image, q["question"], max_new_tokens=40))
+    assert in_turn == alone
+

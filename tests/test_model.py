@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tiny import tiny_config
 
-from cogvlm_lite.conversation import IGNORE, IMAGE_TOKEN_ID
+from cogvlm_lite.conversation import IGNORE, IMAGE_TOKEN_ID, as_messages
 from cogvlm_lite.decoder import Decoder
 from cogvlm_lite.model import CheckpointError, average_checkpoints, build_model, load_model
 
@@ -115,6 +115,42 @@ def test_cached_multi_turn_equals_recomputing(tiny_model):
     # The stream's last value is the whole reply.
     tiny_model.reset()
     assert list(tiny_model.stream_chat(im, "Where is the dog?", **kwargs))[-1] == first
+
+
+def test_a_new_question_reuses_only_the_system_prompt_and_image(tiny_model, monkeypatch):
+    """They are prefilled as a chunk of their own, so a question's prefill, and its answer, do not
+    depend on the questions asked before about the same image (a chunk's rounding depends on its
+    length); a conversation that goes on reuses all of its cache."""
+    monkeypatch.setattr(tiny_model, "image_prefill_bf16", True)
+    lengths = []
+    hidden_states = tiny_model.hidden_states
+
+    def spy(inputs, cache=None):
+        lengths.append(inputs.embeds.shape[1])
+        return hidden_states(inputs, cache=cache)
+
+    monkeypatch.setattr(tiny_model, "hidden_states", spy)
+    im, kwargs = image(2), dict(max_new_tokens=6)
+    ids = {q: prompt_with_image(tiny_model, q)[0].tolist()
+           for q in ("Where is the dog?", "Where is the cat?")}
+    shared = ids["Where is the dog?"].index(IMAGE_TOKEN_ID) + tiny_model.adapter.num_tokens
+    rest = {q: len(v) - v.index(IMAGE_TOKEN_ID) - 1 for q, v in ids.items()}
+    tiny_model.chat(im, "Where is the dog?", **kwargs)
+    after = tiny_model.chat(im, "Where is the cat?", **kwargs)
+    cache = tiny_model._session["cache"]
+    kv = [cache.k[..., : cache.length, :].clone(), cache.v[..., : cache.length, :].clone()]
+    tiny_model.reset()
+    assert tiny_model.chat(im, "Where is the cat?", **kwargs) == after
+    cache = tiny_model._session["cache"]
+    assert torch.equal(kv[0], cache.k[..., : cache.length, :])
+    assert torch.equal(kv[1], cache.v[..., : cache.length, :])
+    assert lengths == [shared, rest["Where is the dog?"], rest["Where is the cat?"],
+                       shared, rest["Where is the cat?"]]
+    history = [("Where is the cat?", after)]
+    tiny_model.chat(im, "And the dog?", history, **kwargs)
+    messages = as_messages(history, "And the dog?", tiny_model.config.system_prompt)
+    longer = tiny_model.builder.encode(messages, image_tokens=1).input_ids
+    assert lengths[-1] <= len(longer) - len(ids["Where is the cat?"])
 
 
 def test_sampling_is_reproducible_with_a_seed(tiny_model):
@@ -235,7 +271,8 @@ def test_image_prompts_prefill_under_bf16_autocast_and_text_prompts_do_not(tiny_
     tiny_model.chat(None, "Hello", max_new_tokens=2)
     monkeypatch.setattr(tiny_model, "image_prefill_bf16", False)
     tiny_model.chat(image, "What is this?", max_new_tokens=2)
-    assert seen == [True, True, False, False]
+    # a new image conversation prefills two chunks (system prompt and image, then the question)
+    assert seen == [True, True, True, False, False, False]
 
 
 def test_projection_normalised_in_fp32_in_any_dtype():
