@@ -109,4 +109,3 @@ def test_an_answer_does_not_depend_on_the_questions_asked_before(default_model, 
         default_model.reset()
         alone.append(default_model.chat(image, q["question"], max_new_tokens=40))
     assert in_turn == alone
-
