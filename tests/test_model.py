@@ -125,9 +125,9 @@ def test_a_new_question_reuses_only_the_system_prompt_and_image(tiny_model, monk
     lengths = []
     hidden_states = tiny_model.hidden_states
 
-    def spy(inputs, cache=None):
+    def spy(inputs, cache=None, weights=None):
         lengths.append(inputs.embeds.shape[1])
-        return hidden_states(inputs, cache=cache)
+        return hidden_states(inputs, cache=cache, weights=weights)
 
     monkeypatch.setattr(tiny_model, "hidden_states", spy)
     im, kwargs = image(2), dict(max_new_tokens=6)
@@ -260,9 +260,9 @@ def test_image_prompts_prefill_under_bf16_autocast_and_text_prompts_do_not(tiny_
     seen = []
     hidden_states = tiny_model.hidden_states
 
-    def spy(inputs, cache=None):
+    def spy(inputs, cache=None, weights=None):
         seen.append(torch.is_autocast_enabled("cpu"))
-        return hidden_states(inputs, cache=cache)
+        return hidden_states(inputs, cache=cache, weights=weights)
 
     monkeypatch.setattr(tiny_model, "hidden_states", spy)
     image = Image.new("RGB", (64, 48), (200, 30, 30))
@@ -273,6 +273,36 @@ def test_image_prompts_prefill_under_bf16_autocast_and_text_prompts_do_not(tiny_
     tiny_model.chat(image, "What is this?", max_new_tokens=2)
     # a new image conversation prefills two chunks (system prompt and image, then the question)
     assert seen == [True, True, True, False, False, False]
+
+
+def test_image_prefill_uses_bf16_copies_of_the_frozen_weights_with_the_same_products(
+        tiny_model, monkeypatch):
+    """Made once (autocast would cast them again on every call), and again after a change."""
+    monkeypatch.setattr(tiny_model, "image_prefill_bf16", True)
+    im, kwargs = image(3), dict(max_new_tokens=5)
+
+    def answer_and_cache():
+        tiny_model.reset()
+        reply = tiny_model.chat(im, "Where is the dog?", **kwargs)
+        cache = tiny_model._session["cache"]
+        return reply, cache.k.clone(), cache.v.clone()
+
+    copies = tiny_model._bf16_projections()
+    assert copies and all(w.dtype == torch.bfloat16 for w in copies.values())
+    assert not any(".expert." in name for name in copies)  # trainable: autocast caches those
+    with_copies = answer_and_cache()
+    assert tiny_model._bf16_projections() is copies
+    monkeypatch.setattr(tiny_model, "_bf16_projections", lambda: {})  # plain autocast
+    plain = answer_and_cache()
+    assert with_copies[0] == plain[0]
+    assert all(torch.equal(a, b) for a, b in zip(with_copies[1:], plain[1:], strict=True))
+    monkeypatch.undo()
+    with torch.no_grad():
+        tiny_model.lm.layers[0].q_proj.weight.mul_(2)
+    again = tiny_model._bf16_projections()
+    assert again is not copies
+    assert torch.equal(again["layers.0.q_proj.weight"],
+                       tiny_model.lm.layers[0].q_proj.weight.to(torch.bfloat16))
 
 
 def test_projection_normalised_in_fp32_in_any_dtype():
