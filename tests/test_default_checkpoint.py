@@ -23,12 +23,12 @@ GUARDS = {"reg": 0.6, "count": 0.6, "exist": 0.8, "rec": 0.2}
 PER_TYPE = 30
 # Small objects (reference box's longer side under a fifth of the image) asked about with and
 # without `zoom`: at commit their mean IoU was 0.35 without and 0.47 with it. On all 150 held-out
-# scenes zoom took referring expressions from 74 right to 87 (README, Status); here it must raise
-# the mean IoU.
+# scenes zoom took referring expressions from 74 right to 87 (docs/default-checkpoint.md); here it
+# must raise the mean IoU.
 SMALL_OBJECTS = 12
 # Small regions (longer side under a fifth of the image) to name, with and without `zoom`: at
 # commit 15 of these 24 were named right without and 21 with it. On the 150 held-out scenes zoom
-# took region naming from 52 right to 60 (README, Status); here it must name more right.
+# took region naming from 52 right to 60 (docs/default-checkpoint.md); here it must name more right.
 SMALL_REGIONS = 24
 
 

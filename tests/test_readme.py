@@ -55,9 +55,10 @@ def test_make_demo_serves_the_ui():
         proc.wait(timeout=30)
 
 
-def readme_commands() -> list[str]:
-    """Every `cogvlm-lite` / `torchrun ... -m cogvlm_lite` line of the README's bash blocks."""
-    text = (ROOT / "README.md").read_text()
+def documented_commands() -> list[str]:
+    """Every `cogvlm-lite` / `torchrun ... -m cogvlm_lite` line of the bash blocks of the README
+    and of docs/*.md."""
+    text = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted(ROOT.glob("docs/*.md"))])
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
@@ -67,13 +68,29 @@ def readme_commands() -> list[str]:
     return commands
 
 
-def test_every_readme_command_has_valid_options():
+def test_every_documented_command_has_valid_options():
     from cogvlm_lite.cli import build_parser
 
-    commands = readme_commands()
-    assert len(commands) >= 10
+    commands = documented_commands()
+    assert len(commands) >= 40
     for command in commands:
         words = shlex.split(command)
         start = words.index("cogvlm-lite") if "cogvlm-lite" in words else words.index("cogvlm_lite")
         parser, _ = build_parser()
         parser.parse_args(words[start + 1 :])  # exits (fails the test) on a bad option
+
+
+def test_every_local_link_of_the_docs_exists():
+    pages = [ROOT / "README.md", *sorted(ROOT.glob("docs/*.md"))]
+    links = [(page, target) for page in pages
+             for target in re.findall(r"\]\(([^)#\s]+)\)", page.read_text())
+             if not re.match(r"[a-z]+:", target)]
+    assert any(target == "docs/default-checkpoint.md" for _, target in links)
+    missing = [(page.name, target) for page, target in links if not (page.parent / target).exists()]
+    assert not missing, missing
+
+
+def test_layout_names_every_module():
+    layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    modules = {p.name for p in (ROOT / "cogvlm_lite").glob("*.py")} - {"__init__.py", "__main__.py"}
+    assert modules and not {m for m in modules if f"`{m}`" not in layout}
