@@ -37,8 +37,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     add_generation_arguments(p)
     p.add_argument("--system", help="system prompt (default: the chat template's own)")
     p.add_argument("--zoom", action="store_true",
-                   help="look again at small boxes, and at a small region asked about, on a "
-                        "crop around them; a changed answer is printed again")
+                   help="look again at boxes (small ones on a crop, every look also mirrored) "
+                        "and at a small region asked about; a changed answer is printed again")
     p.set_defaults(run=run_chat)
 
     p = sub.add_parser("scenes", help="write a synthetic grounded data set (images + JSONL)")
@@ -80,8 +80,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--limit", type=int, help="answer at most this many questions")
     p.add_argument("--zoom", action="store_true",
-                   help="look again at small boxes, and at a small region asked about, on a "
-                        "crop around them")
+                   help="look again at boxes (small ones on a crop, every look also mirrored) "
+                        "and at a small region asked about")
     p.set_defaults(run=run_vqa)
 
     p = sub.add_parser("eval", help="score predictions; prints JSON metrics per task type")

@@ -204,11 +204,11 @@ def run_vqa(
 
     Ids already in `out` are skipped, so a stopped run resumes where it left off; a half-written
     last line (from a run that was killed) is removed first. `limit` restricts the run to the
-    first `limit` questions of `data`; `zoom` looks again at small boxes, and at a small
-    region asked about, on a crop around them (`zoom.zoom_in`). Questions are answered grouped
-    by image, so the model reuses its encoding of an image. The model is `model` if given, else
-    loaded from `checkpoint` (default: the embedded model) onto `device`, and only when there is
-    work to do.
+    first `limit` questions of `data`; `zoom` looks again at boxes (small ones on a crop,
+    every look also mirrored) and at a small region asked about (`zoom.zoom_in`). Questions
+    are answered grouped by image, so the model reuses its encoding of an image. The model is
+    `model` if given, else loaded from `checkpoint` (default: the embedded model) onto
+    `device`, and only when there is work to do.
     Every image is checked before the first answer; a missing one raises ValueError naming the
     question and the file. Returns ``{"questions", "answered", "skipped", "seconds", "out"}``.
     """

@@ -261,9 +261,10 @@ class VisionLanguageModel(nn.Module):
              **kwargs) -> str:
         """The reply to `query` about `image` (PIL, path, bytes or None), given past turns.
 
-        `zoom`: the reply's small boxes, or a small region `query` asks about, are looked at
-        again on a crop around them (`zoom.zoom_in`); a small region's crop is asked first,
-        the whole image only where the crop's answer does not do.
+        `zoom`: the reply's boxes (small ones on a crop around them, every look also mirrored),
+        or a small region `query` asks about (on a crop), are looked at again (`zoom.zoom_in`);
+        a small region's crop is asked first, the whole image only where the crop's answer does
+        not do.
         """
         zoom = zoom and image is not None
         about_region = zoom and bool(parse_groundings(query))

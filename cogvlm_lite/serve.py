@@ -5,8 +5,8 @@ image inline as a base64 ``data:`` URL (this server fetches nothing from the net
 one image per conversation: the first image found is the conversation's image, wherever it is,
 and a second one is refused. Boxes and points stay in the answer text as ``[[x0,y0,x1,y1]]``.
 `stream: true` answers with server-sent events in OpenAI's chunk format; `zoom: true` (beyond
-OpenAI's fields, without `stream`) looks again at an answer's small boxes, and at a small region
-asked about, on a crop around them.
+OpenAI's fields, without `stream`) looks again at an answer's boxes (small ones on a crop, every
+look also mirrored) and at a small region asked about.
 `GET /v1/models` lists the one model. One model answers one request at a time; a few more wait,
 the rest get 429.
 
@@ -91,7 +91,7 @@ class ChatRequest:
     stop: list[str] = field(default_factory=list)
     stream: bool = False
     include_usage: bool = False
-    zoom: bool = False  # look again at a finished answer's small boxes on crops (`zoom.zoom_in`)
+    zoom: bool = False  # look again at a finished answer's boxes (`zoom.zoom_in`)
 
 
 def decode_image_url(url: Any, param: str) -> Image.Image:

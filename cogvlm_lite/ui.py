@@ -236,8 +236,8 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
                 zoom: bool):
         """Stream the answer to the pending question; record it (even a partial one) in the history.
 
-        With `zoom`, small boxes or a small region asked about are then looked at again on a
-        crop (`zoom.zoom_in`).
+        With `zoom`, the answer's boxes or a small region asked about are then looked at again
+        (`zoom.zoom_in`).
         """
         question = session.pending
         if question is None:
@@ -337,9 +337,9 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
                     top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p", elem_id="top-p")
                     max_new_tokens = gr.Slider(16, 1024, value=256, step=16, label="Max new tokens",
                                                elem_id="max-new-tokens")
-                    zoom = gr.Checkbox(value=True, label="Zoom in on small objects",
-                                       info="small boxes, and a small region asked about, are "
-                                            "looked at again on a crop", elem_id="zoom")
+                    zoom = gr.Checkbox(value=True, label="Look again at boxes",
+                                       info="small boxes, and a small region asked about, on a "
+                                            "crop; every box also mirrored", elem_id="zoom")
         gr.Markdown(about_text(model, checkpoint), elem_id="about")
 
         light = dict(concurrency_limit=4)

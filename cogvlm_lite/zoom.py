@@ -1,4 +1,4 @@
-"""Zoom in: ask again about a small box on a crop around it, where the object looks bigger.
+"""Look again at a reply's boxes: a small one on a crop around it, every look also mirrored.
 
 On the encoder's grid an object under a fifth of the image covers a cell or two: the model's
 boxes for such objects are mostly centred on them but too large (so a box under a quarter of the
@@ -9,14 +9,21 @@ and puts the crop's box, mapped back to the whole image, in place of the first o
 one group is asked the same question again; in a reply of several groups (a grounded
 description) each small box is asked for by its phrase, "Where is the <phrase>?". A question
 that points at one small region is asked again on a crop around that region, in the crop's
-coordinates, and the crop's answer replaces the reply. Groups of several boxes, points, boxes
-whose phrase names nothing, and crops whose answer holds no single box (or, for a region, any
-box) are left alone.
+coordinates, and the crop's answer replaces the reply.
+
+Larger boxes are mostly centred too, but their sizes scatter, and a look at the mirror image
+errs in part otherwise. So each crop is asked about as it is and mirrored (left and right
+swapped in the question too), and its box is the mean of the two looks' boxes; a reply that is
+one larger box becomes the mean of its box and the mirrored whole image's. Groups of several
+boxes, points, boxes whose phrase names nothing, and looks whose answer holds no single box (or,
+for a region, any box) are left alone.
 """
 
 from __future__ import annotations
 
-from PIL import Image
+import re
+
+from PIL import Image, ImageOps
 
 from .grounding import (
     Box,
@@ -61,6 +68,15 @@ def to_crop(box: Box, crop: tuple[int, int, int, int], width: int, height: int) 
     return from_pixels((x0 - left, y0 - top, x1 - left, y1 - top), right - left, bottom - top)
 
 
+def mirrored(question: str) -> str:
+    """`question` as asked about the mirrored image: left and right swapped."""
+    def swap(match: re.Match) -> str:
+        word = {"left": "right", "right": "left"}[match.group(1).lower()]
+        return word.capitalize() if match.group(1)[0].isupper() else word
+
+    return re.sub(r"\b(left|right)(?=(most|-hand|ward)?\b)", swap, question, flags=re.IGNORECASE)
+
+
 def _one_small_box(group: Grounding) -> bool:
     """Whether a group is a single box (no points) under `SMALL` of the image."""
     return len(group.boxes) == 1 and not group.points and box_side(group.boxes[0]) < SMALL
@@ -86,10 +102,11 @@ def ask_on_region_crop(model, image, question: str, **generation) -> str | None:
 
 
 def zoom_in(model, image, question: str, reply: str, **generation) -> str:
-    """`reply`, looked at again on crops: its small boxes, or the small region `question` is about.
+    """`reply`, looked at again: its small boxes on crops, a larger one in a mirror, or the small
+    region `question` is about on a crop.
 
     `model` answers with `model.chat`, given `generation` (generation settings, `system`). Each
-    crop is asked without the conversation's earlier turns: `question` itself when the reply
+    look is asked without the conversation's earlier turns: `question` itself when the reply
     holds one group, "Where is the <phrase>?" for each group of one small box of a longer reply,
     and `question` in the crop's coordinates for a region (see the module's doc).
     """
@@ -99,15 +116,35 @@ def zoom_in(model, image, question: str, reply: str, **generation) -> str:
     groundings = parse_groundings(reply)
     alone = len(groundings) == 1
     small = [g for g in groundings if _one_small_box(g) and (alone or names_thing(g.phrase))]
-    if not small:
+    larger = alone and not small and len(groundings[0].boxes) == 1 and not groundings[0].points
+    if not small and not larger:
         return reply
     image = image if isinstance(image, Image.Image) else load_image(image)
     pieces, done = [], 0
-    for g in small:
-        crop = crop_around(g.boxes[0], *image.size)
-        query = question if alone else f"Where is the {g.phrase}?"
-        boxes = parse_boxes(model.chat(image.crop(crop), query, history=[], **generation))
-        if len(boxes) == 1:
-            pieces += [reply[done : g.start], format_box(from_crop(boxes[0], crop, *image.size))]
+    for g in small or groundings:
+        if small:
+            crop = crop_around(g.boxes[0], *image.size)
+            query = question if alone else f"Where is the {g.phrase}?"
+            looks = [look(model, image.crop(crop), query, flip, **generation)
+                     for flip in (False, True)]
+        else:  # one larger box, and the whole image's mirror
+            crop, mirror = (0, 0, *image.size), look(model, image, question, True, **generation)
+            looks = [g.boxes[0], mirror] if mirror else []
+        looks = [box for box in looks if box is not None]
+        if looks:
+            mean = tuple(sum(side) / len(looks) for side in zip(*looks, strict=True))
+            pieces += [reply[done : g.start], format_box(from_crop(mean, crop, *image.size))]
             done = g.end
     return "".join(pieces) + reply[done:]
+
+
+def look(model, image: Image.Image, question: str, mirror: bool, **generation) -> Box | None:
+    """The one box `question` gets on `image`, or on its mirror image (then mirrored back, and
+    `question` with left and right swapped); None where the answer holds no single box."""
+    if mirror:
+        image, question = ImageOps.mirror(image), mirrored(question)
+    boxes = parse_boxes(model.chat(image, question, history=[], **generation))
+    if len(boxes) != 1:
+        return None
+    x0, y0, x1, y1 = boxes[0]
+    return (1 - x1, y0, 1 - x0, y1) if mirror else boxes[0]

@@ -1,10 +1,11 @@
-"""Zooming in on a small box: the crop, the mapping back, and which replies are left alone."""
+"""Zooming in on a small box (the crop, the mapping back), the mirror for a larger one, and
+which replies are left alone."""
 
 import pytest
 from PIL import Image
 
 from cogvlm_lite.grounding import format_box, parse_boxes
-from cogvlm_lite.zoom import crop_around, from_crop, zoom_in
+from cogvlm_lite.zoom import crop_around, from_crop, mirrored, zoom_in
 
 
 class CropModel:
@@ -41,10 +42,11 @@ def test_zoom_in_replaces_the_small_box_with_the_crop_answer_mapped_back():
     model = CropModel("[[250,250,750,750]]")
     reply = zoom_in(model, image, "Where is the frog?", "The frog [[500,500,600,600]].",
                     max_new_tokens=32, temperature=0.0)
-    # crop (160, 105, 280, 225): its middle half is x 190..250, y 135..195 of 400x300
+    # crop (160, 105, 280, 225): its middle half is x 190..250, y 135..195 of 400x300, and so
+    # is the mirrored crop's (the box is its own mirror image)
     assert reply == "The frog " + format_box((190 / 400, 135 / 300, 250 / 400, 195 / 300)) + "."
-    assert model.asked == [((120, 120), "Where is the frog?",
-                            {"history": [], "max_new_tokens": 32, "temperature": 0.0})]
+    assert model.asked == 2 * [((120, 120), "Where is the frog?",
+                                {"history": [], "max_new_tokens": 32, "temperature": 0.0})]
 
 
 def test_zoom_in_asks_for_each_small_box_of_a_description_by_its_phrase():
@@ -59,14 +61,15 @@ def test_zoom_in_asks_for_each_small_box_of_a_description_by_its_phrase():
     assert reply == (f"A frog {frog}, a tree [[100,100,900,900]], two cats "
                      f"[[000,000,050,050;100,100,150,150]] and a red ball {ball}.")
     assert [(size, query) for size, query, _ in model.asked] == [
-        ((120, 120), "Where is the frog?"), ((120, 120), "Where is the red ball?")]
+        ((120, 120), "Where is the frog?"), ((120, 120), "Where is the frog?"),
+        ((120, 120), "Where is the red ball?"), ((120, 120), "Where is the red ball?")]
 
 
 def test_zoom_in_keeps_a_description_box_whose_crop_gives_no_single_box():
     model = CropModel("No frog here.")
     reply = "A frog [[500,500,600,600]] and a ball [[000,000,050,050]]."
     assert zoom_in(model, Image.new("RGB", (400, 300)), "Describe the image.", reply) == reply
-    assert len(model.asked) == 2
+    assert len(model.asked) == 4  # each crop, as it is and mirrored
 
 
 def test_zoom_in_asks_about_a_small_region_on_a_crop_in_the_crop_coordinates():
@@ -87,8 +90,6 @@ def test_zoom_in_keeps_a_region_answer_when_the_crop_answers_with_a_box():
 
 @pytest.mark.parametrize("question, reply", [
     ("Where is the frog?", "No box here."),
-    ("Where is the frog?", "[[100,100,300,400]]"),  # not small
-    ("Where is the frog?", "[[100,100,360,300]]"),  # a quarter of the image and more
     ("Where are the frogs?", "[[100,100,150,150;300,300,350,350]]"),  # two boxes
     ("Where are the frogs?", "A [[100,100,150,150]] and a [[300,300,350,350]]."),
     ("Where is the frog?", "[[100,100;120,120]]"),  # points
@@ -102,12 +103,58 @@ def test_zoom_in_leaves_other_replies_alone(question, reply):
     assert model.asked == []
 
 
+def test_mirrored_swaps_left_and_right():
+    assert mirrored("Where is the leftmost dog?") == "Where is the rightmost dog?"
+    assert mirrored("Right of the left-hand cat, furthest to the right") == (
+        "Left of the right-hand cat, furthest to the left")
+    assert mirrored("Find the bright kite.") == "Find the bright kite."
+
+
+@pytest.mark.parametrize("reply", ["[[100,100,300,400]]", "The frog [[100,100,360,300]]."])
+def test_zoom_in_averages_a_larger_box_with_the_mirrored_images(reply):
+    image = Image.new("RGB", (400, 300))
+    image.putpixel((0, 0), (255, 0, 0))
+    seen = []
+
+    class MirrorModel(CropModel):
+        def chat(self, image, query, history=(), **generation):
+            seen.append(image.getpixel((399, 0)))  # the red corner, now on the right
+            return super().chat(image, query, history, **generation)
+
+    model = MirrorModel("It is [[600,200,900,400]].")  # mirrored back: 100..400 across
+    first = parse_boxes(reply)[0]
+    got = zoom_in(model, image, "Where is the frog on the left?", reply, max_new_tokens=32)
+    mean = ((first[0] + 0.1) / 2, (first[1] + 0.2) / 2, (first[2] + 0.4) / 2, (first[3] + 0.4) / 2)
+    assert got == reply.replace(format_box(first), format_box(mean))
+    assert seen == [(255, 0, 0)]
+    assert model.asked == [((400, 300), "Where is the frog on the right?",
+                            {"history": [], "max_new_tokens": 32})]
+
+
+@pytest.mark.parametrize("mirror_answer", ["I see no frog.", "[[0,0,500,500;500,500,999,999]]"])
+def test_zoom_in_keeps_a_larger_box_when_the_mirror_gives_no_single_box(mirror_answer):
+    model = CropModel(mirror_answer)
+    reply = "[[100,100,300,400]]"
+    assert zoom_in(model, Image.new("RGB", (400, 300)), "Where is the frog?", reply) == reply
+    assert len(model.asked) == 1
+
+
 @pytest.mark.parametrize("crop_answer", ["I see no frog.", "[[0,0,500,500;500,500,999,999]]"])
 def test_zoom_in_keeps_the_first_box_when_the_crop_gives_no_single_box(crop_answer):
     model = CropModel(crop_answer)
     reply = "[[400,400,450,450]]"
     assert zoom_in(model, Image.new("RGB", (400, 300)), "Where is the frog?", reply) == reply
-    assert len(model.asked) == 1
+    assert len(model.asked) == 2
+
+
+def test_zoom_in_averages_a_crop_box_with_its_mirror_images():
+    image = Image.new("RGB", (400, 300))
+    model = CropModel("[[000,250,500,750]]")  # the left half; mirrored back, the right half
+    reply = zoom_in(model, image, "Where is the frog on the left?", "[[500,500,600,600]]")
+    # both looks averaged: x 0.25..0.75 of the crop (160, 105, 280, 225), y 0.25..0.75
+    assert reply == format_box((190 / 400, 135 / 300, 250 / 400, 195 / 300))
+    assert [query for _, query, _ in model.asked] == [
+        "Where is the frog on the left?", "Where is the frog on the right?"]
 
 
 def test_zoom_in_reads_image_files(tmp_path):
