@@ -132,7 +132,7 @@ def zoom_in(model, image, question: str, reply: str, **generation) -> str:
             looks = [g.boxes[0], mirror] if mirror else []
         looks = [box for box in looks if box is not None]
         if looks:
-            mean = tuple(sum(side) / len(looks) for side in zip(*looks, strict=True))
+            mean = tuple(sum(values) / len(looks) for values in zip(*looks, strict=True))
             pieces += [reply[done : g.start], format_box(from_crop(mean, crop, *image.size))]
             done = g.end
     return "".join(pieces) + reply[done:]
