@@ -131,20 +131,15 @@ def test_zoom_in_averages_a_larger_box_with_the_mirrored_images(reply):
                             {"history": [], "max_new_tokens": 32})]
 
 
-@pytest.mark.parametrize("mirror_answer", ["I see no frog.", "[[0,0,500,500;500,500,999,999]]"])
-def test_zoom_in_keeps_a_larger_box_when_the_mirror_gives_no_single_box(mirror_answer):
-    model = CropModel(mirror_answer)
-    reply = "[[100,100,300,400]]"
+@pytest.mark.parametrize("answer", ["I see no frog.", "[[0,0,500,500;500,500,999,999]]"])
+@pytest.mark.parametrize("reply, looks", [
+    ("[[100,100,300,400]]", 1),  # a larger box: the mirrored image
+    ("[[400,400,450,450]]", 2),  # a small one: its crop, as it is and mirrored
+])
+def test_zoom_in_keeps_the_first_box_when_no_look_gives_a_single_box(answer, reply, looks):
+    model = CropModel(answer)
     assert zoom_in(model, Image.new("RGB", (400, 300)), "Where is the frog?", reply) == reply
-    assert len(model.asked) == 1
-
-
-@pytest.mark.parametrize("crop_answer", ["I see no frog.", "[[0,0,500,500;500,500,999,999]]"])
-def test_zoom_in_keeps_the_first_box_when_the_crop_gives_no_single_box(crop_answer):
-    model = CropModel(crop_answer)
-    reply = "[[400,400,450,450]]"
-    assert zoom_in(model, Image.new("RGB", (400, 300)), "Where is the frog?", reply) == reply
-    assert len(model.asked) == 2
+    assert len(model.asked) == looks
 
 
 def test_zoom_in_averages_a_crop_box_with_its_mirror_images():
