@@ -55,10 +55,15 @@ def test_make_demo_serves_the_ui():
         proc.wait(timeout=30)
 
 
+def doc_pages() -> list[Path]:
+    """The README and the pages under docs/."""
+    return [ROOT / "README.md", *sorted(ROOT.glob("docs/*.md"))]
+
+
 def documented_commands() -> list[str]:
     """Every `cogvlm-lite` / `torchrun ... -m cogvlm_lite` line of the bash blocks of the README
     and of docs/*.md."""
-    text = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted(ROOT.glob("docs/*.md"))])
+    text = "\n".join(page.read_text() for page in doc_pages())
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
@@ -81,8 +86,7 @@ def test_every_documented_command_has_valid_options():
 
 
 def test_every_local_link_of_the_docs_exists():
-    pages = [ROOT / "README.md", *sorted(ROOT.glob("docs/*.md"))]
-    links = [(page, target) for page in pages
+    links = [(page, target) for page in doc_pages()
              for target in re.findall(r"\]\(([^)#\s]+)\)", page.read_text())
              if not re.match(r"[a-z]+:", target)]
     assert any(target == "docs/default-checkpoint.md" for _, target in links)
