@@ -1,22 +1,24 @@
 """Look again at a reply's boxes: a small one on a crop around it, every look also mirrored.
 
 On the encoder's grid an object under a fifth of the image covers a cell or two: the model's
-boxes for such objects are mostly centred on them but too large (so a box under a quarter of the
-image counts as small), and small regions are often misnamed. `zoom_in` looks again at each
-small box of a reply that stands alone in its group: it crops a square around the box (`CONTEXT`
-times its longer side, at least `MIN_CROP` of the image's shorter side), asks about the crop,
-and puts the crop's box, mapped back to the whole image, in place of the first one. A reply of
-one group is asked the same question again; in a reply of several groups (a grounded
-description) each small box is asked for by its phrase, "Where is the <phrase>?". A question
-that points at one small region is asked again on a crop around that region, in the crop's
-coordinates, and the crop's answer replaces the reply.
+boxes for such objects are mostly centred on them but too large, and small regions are often
+misnamed. `zoom_in` looks again at each small box of a reply that stands alone in its group: it
+crops a square around the box (`CONTEXT` times its longer side, at least `MIN_CROP` of the
+image's shorter side), asks about the crop, and maps the crop's box back to the whole image. A
+reply of one group is asked the same question again; in a reply of several groups (a grounded
+description) each box under `SMALL` of the image is asked for by its phrase, "Where is the
+<phrase>?". A question that points at one small region is asked again on a crop around that
+region, in the crop's coordinates, and the crop's answer replaces the reply.
 
 Larger boxes are mostly centred too, but their sizes scatter, and a look at the mirror image
 errs in part otherwise. So each crop is asked about as it is and mirrored (left and right
-swapped in the question too), and its box is the mean of the two looks' boxes; a reply that is
-one larger box becomes the mean of its box and the mirrored whole image's. Groups of several
-boxes, points, boxes whose phrase names nothing, and looks whose answer holds no single box (or,
-for a region, any box) are left alone.
+swapped in the question too), and the looks' boxes are averaged. A reply that is one box of
+`TINY` of the image or more becomes the mean of its box, the mirrored whole image's and, where
+the box fits its crop with all its context (`CONTEXT` times its longer side within the image's
+shorter side), the two looks at that crop; one under `TINY` becomes the mean of its crop's two
+looks alone, since the whole image boxes such objects poorly. Groups of several boxes, points,
+boxes whose phrase names nothing, and looks whose answer holds no single box (or, for a region,
+any box) are left alone.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .grounding import (
 from .images import load_image
 
 SMALL = 0.25  # a box whose longer side is under this share of the image's is looked at again
+TINY = 0.2  # a lone box under this share: only its crop's looks count, not the whole image's
 CONTEXT = 3.0  # the crop's side, in the box's longer side
 MIN_CROP = 0.4  # the crop's smallest side, in the image's shorter side
 
@@ -77,9 +80,21 @@ def mirrored(question: str) -> str:
     return re.sub(r"\b(left|right)(?=(most|-hand|ward)?\b)", swap, question, flags=re.IGNORECASE)
 
 
+def _one_box(group: Grounding) -> bool:
+    """Whether a group is a single box, and no points."""
+    return len(group.boxes) == 1 and not group.points
+
+
 def _one_small_box(group: Grounding) -> bool:
     """Whether a group is a single box (no points) under `SMALL` of the image."""
-    return len(group.boxes) == 1 and not group.points and box_side(group.boxes[0]) < SMALL
+    return _one_box(group) and box_side(group.boxes[0]) < SMALL
+
+
+def fits_crop(box: Box, width: int, height: int) -> bool:
+    """Whether `box`'s crop holds all its context: `CONTEXT` times its longer side fits within
+    the image's shorter side (else the crop is cut to the image, or is the whole of it)."""
+    x0, y0, x1, y1 = to_pixels(box, width, height)
+    return CONTEXT * max(x1 - x0, y1 - y0) < min(width, height)
 
 
 def ask_on_region_crop(model, image, question: str, **generation) -> str | None:
@@ -102,8 +117,8 @@ def ask_on_region_crop(model, image, question: str, **generation) -> str | None:
 
 
 def zoom_in(model, image, question: str, reply: str, **generation) -> str:
-    """`reply`, looked at again: its small boxes on crops, a larger one in a mirror, or the small
-    region `question` is about on a crop.
+    """`reply`, looked at again: a lone box on its crop and in the mirror image, a description's
+    small boxes on their crops, or the small region `question` is about on a crop.
 
     `model` answers with `model.chat`, given `generation` (generation settings, `system`). Each
     look is asked without the conversation's earlier turns: `question` itself when the reply
@@ -115,36 +130,40 @@ def zoom_in(model, image, question: str, reply: str, **generation) -> str:
         return reply if answer is None else answer
     groundings = parse_groundings(reply)
     alone = len(groundings) == 1
-    small = [g for g in groundings if _one_small_box(g) and (alone or names_thing(g.phrase))]
-    larger = alone and not small and len(groundings[0].boxes) == 1 and not groundings[0].points
-    if not small and not larger:
+    boxes = [g for g in groundings if _one_box(g) if alone or _one_small_box(g) and names_thing(g.phrase)]
+    if not boxes:
         return reply
     image = image if isinstance(image, Image.Image) else load_image(image)
+    width, height = image.size
     pieces, done = [], 0
-    for g in small or groundings:
-        if small:
-            crop = crop_around(g.boxes[0], *image.size)
+    for g in boxes:
+        box, looks = g.boxes[0], []
+        whole = alone and box_side(box) >= TINY
+        if whole:  # the reply's own box and the mirrored whole image's
+            looks += [box, look(model, image, (0, 0, width, height), question, True, **generation)]
+        if not whole or fits_crop(box, width, height):
+            crop = crop_around(box, width, height)
             query = question if alone else f"Where is the {g.phrase}?"
-            looks = [look(model, image.crop(crop), query, flip, **generation)
-                     for flip in (False, True)]
-        else:  # one larger box, and the whole image's mirror
-            crop, mirror = (0, 0, *image.size), look(model, image, question, True, **generation)
-            looks = [g.boxes[0], mirror] if mirror else []
-        looks = [box for box in looks if box is not None]
-        if looks:
+            looks += [look(model, image, crop, query, flip, **generation) for flip in (False, True)]
+        looks = [b for b in looks if b is not None]
+        if len(looks) > whole:  # some look besides the reply's own box
             mean = tuple(sum(values) / len(looks) for values in zip(*looks, strict=True))
-            pieces += [reply[done : g.start], format_box(from_crop(mean, crop, *image.size))]
+            pieces += [reply[done : g.start], format_box(mean)]
             done = g.end
     return "".join(pieces) + reply[done:]
 
 
-def look(model, image: Image.Image, question: str, mirror: bool, **generation) -> Box | None:
-    """The one box `question` gets on `image`, or on its mirror image (then mirrored back, and
-    `question` with left and right swapped); None where the answer holds no single box."""
+def look(model, image: Image.Image, crop: tuple[int, int, int, int], question: str, mirror: bool,
+         **generation) -> Box | None:
+    """The one box `question` gets on `image`'s pixel `crop`, or on the crop's mirror image
+    (`question` then with left and right swapped), as a box of the whole image; None where the
+    answer holds no single box."""
+    view = image.crop(crop)
     if mirror:
-        image, question = ImageOps.mirror(image), mirrored(question)
-    boxes = parse_boxes(model.chat(image, question, history=[], **generation))
+        view, question = ImageOps.mirror(view), mirrored(question)
+    boxes = parse_boxes(model.chat(view, question, history=[], **generation))
     if len(boxes) != 1:
         return None
     x0, y0, x1, y1 = boxes[0]
-    return (1 - x1, y0, 1 - x0, y1) if mirror else boxes[0]
+    box = (1 - x1, y0, 1 - x0, y1) if mirror else boxes[0]
+    return from_crop(box, crop, *image.size)

@@ -110,7 +110,8 @@ def test_mirrored_swaps_left_and_right():
     assert mirrored("Find the bright kite.") == "Find the bright kite."
 
 
-@pytest.mark.parametrize("reply", ["[[100,100,300,400]]", "The frog [[100,100,360,300]]."])
+# Both too large for a crop with all its context: 3 x 120 px and 3 x 104 px exceed 300 px.
+@pytest.mark.parametrize("reply", ["[[100,100,400,500]]", "The frog [[100,100,360,300]]."])
 def test_zoom_in_averages_a_larger_box_with_the_mirrored_images(reply):
     image = Image.new("RGB", (400, 300))
     image.putpixel((0, 0), (255, 0, 0))
@@ -133,13 +134,27 @@ def test_zoom_in_averages_a_larger_box_with_the_mirrored_images(reply):
 
 @pytest.mark.parametrize("answer", ["I see no frog.", "[[0,0,500,500;500,500,999,999]]"])
 @pytest.mark.parametrize("reply, looks", [
-    ("[[100,100,300,400]]", 1),  # a larger box: the mirrored image
+    ("[[100,100,400,500]]", 1),  # a larger box: the mirrored image
+    ("[[100,100,300,400]]", 3),  # a middling one: the mirrored image and its crop, both ways
     ("[[400,400,450,450]]", 2),  # a small one: its crop, as it is and mirrored
 ])
 def test_zoom_in_keeps_the_first_box_when_no_look_gives_a_single_box(answer, reply, looks):
     model = CropModel(answer)
     assert zoom_in(model, Image.new("RGB", (400, 300)), "Where is the frog?", reply) == reply
     assert len(model.asked) == looks
+
+
+def test_zoom_in_averages_a_middling_box_over_the_whole_image_and_its_crop():
+    image = Image.new("RGB", (400, 300))
+    model = CropModel("[[250,250,750,750]]")  # its own mirror image, on the whole and the crop
+    first = (0.5, 0.5, 0.6, 0.75)  # 40 x 75 px: a quarter of the image's height, thrice within it
+    reply = zoom_in(model, image, "Where is the frog?", format_box(first))
+    crop = crop_around(first, 400, 300)
+    assert crop == (108, 75, 333, 300)
+    middle = (0.25, 0.25, 0.75, 0.75)
+    looks = [first, middle] + 2 * [from_crop(middle, crop, 400, 300)]
+    assert reply == format_box(tuple(sum(v) / 4 for v in zip(*looks, strict=True)))
+    assert [size for size, _, _ in model.asked] == [(400, 300), (225, 225), (225, 225)]
 
 
 def test_zoom_in_averages_a_crop_box_with_its_mirror_images():
