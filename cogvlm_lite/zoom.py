@@ -130,7 +130,10 @@ def zoom_in(model, image, question: str, reply: str, **generation) -> str:
         return reply if answer is None else answer
     groundings = parse_groundings(reply)
     alone = len(groundings) == 1
-    boxes = [g for g in groundings if _one_box(g) if alone or _one_small_box(g) and names_thing(g.phrase)]
+    if alone:
+        boxes = [g for g in groundings if _one_box(g)]
+    else:
+        boxes = [g for g in groundings if _one_small_box(g) and names_thing(g.phrase)]
     if not boxes:
         return reply
     image = image if isinstance(image, Image.Image) else load_image(image)
