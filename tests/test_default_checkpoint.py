@@ -22,9 +22,10 @@ SEED = 31337  # never used for training data
 GUARDS = {"reg": 0.6, "count": 0.6, "exist": 0.8, "rec": 0.2}
 PER_TYPE = 30
 # Small objects (reference box's longer side under a fifth of the image) asked about with and
-# without `zoom`: their mean IoU was 0.36 without and 0.51 with it (0.47 before every look was
+# without `zoom`: their mean IoU was 0.35 without and 0.49 with it on an Intel Xeon (0.51 on an
+# AMD EPYC before middling boxes took the whole image's looks too; 0.47 before every look was
 # also mirrored). On all 150 held-out scenes of seed 99 zoom takes referring expressions from 74
-# right to 97 (docs/default-checkpoint.md); here it must raise the mean IoU.
+# right to 106 (docs/default-checkpoint.md); here it must raise the mean IoU.
 SMALL_OBJECTS = 12
 # Small regions (longer side under a fifth of the image) to name, with and without `zoom`: at
 # commit 15 of these 24 were named right without and 21 with it. On the 150 held-out scenes zoom
