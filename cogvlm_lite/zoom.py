@@ -1,37 +1,44 @@
-"""Look again at a reply's boxes: a small one on a crop around it, every look also mirrored.
+"""Look again at a reply's boxes: on a crop around each, every look also mirrored.
 
 On the encoder's grid an object under a fifth of the image covers a cell or two: the model's
 boxes for such objects are mostly centred on them but too large, and small regions are often
-misnamed. `zoom_in` looks again at each small box of a reply that stands alone in its group: it
-crops a square around the box (`CONTEXT` times its longer side, at least `MIN_CROP` of the
-image's shorter side), asks about the crop, and maps the crop's box back to the whole image. A
-reply of one group is asked the same question again; in a reply of several groups (a grounded
-description) each box under `SMALL` of the image is asked for by its phrase, "Where is the
-<phrase>?". A question that points at one small region is asked again on a crop around that
-region, in the crop's coordinates, and the crop's answer replaces the reply.
+misnamed. `zoom_in` looks again: it crops a square around a box (`CONTEXT` times its longer side,
+at least `MIN_CROP` of the image's shorter side), asks about the crop, and maps the crop's box
+back to the whole image. A question that points at one small region is asked again on a crop
+around that region, in the crop's coordinates, and the crop's answer replaces the reply.
 
 Larger boxes are mostly centred too, but their sizes scatter, and a look at the mirror image
 errs in part otherwise. So each crop is asked about as it is and mirrored (left and right
-swapped in the question too), and the looks' boxes are averaged. A reply that is one box of
-`TINY` of the image or more becomes the mean of its box, the mirrored whole image's and, where
-the box fits its crop with all its context (`CONTEXT` times its longer side within the image's
-shorter side), the two looks at that crop; one under `TINY` becomes the mean of its crop's two
-looks alone, since the whole image boxes such objects poorly. Groups of several boxes, points,
-boxes whose phrase names nothing, and looks whose answer holds no single box (or, for a region,
-any box) are left alone.
+swapped in the question too), and the looks' boxes are averaged. A reply of one group holding
+one box is asked the same question again. A box of `TINY` of the image or more becomes the mean
+of its box, the mirrored whole image's and, where the box fits its crop with all its context
+(`CONTEXT` times its longer side within the image's shorter side), the two looks at that crop;
+one under `TINY` becomes the mean of its crop's two looks alone, since the whole image boxes
+such objects poorly.
+
+A description (any other reply) names things it does not show, and puts boxes where its
+thing is not. Each box of it is first checked on its crop: "Is there a <thing>?" (the phrase's
+thing, one of it: "two cats" asks for a cat); a box the crop answers "no" to is dropped, its
+phrase kept. The others are asked for again, "Where is the <thing>?": a box that shares its
+group, and one under `SMALL` of the image, on its crop; a group's only box from `SMALL` up as a
+lone reply's is. Points, boxes whose phrase names nothing, and looks whose answer holds no
+single box (or, for a region, any box) are left alone.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 
 from PIL import Image, ImageOps
 
+from .evaluate import NUMBER_WORDS, first_yes_no
 from .grounding import (
     Box,
     Grounding,
     box_side,
     format_box,
+    format_boxes,
     from_pixels,
     names_thing,
     parse_boxes,
@@ -118,42 +125,100 @@ def ask_on_region_crop(model, image, question: str, **generation) -> str | None:
 
 def zoom_in(model, image, question: str, reply: str, **generation) -> str:
     """`reply`, looked at again: a lone box on its crop and in the mirror image, a description's
-    small boxes on their crops, or the small region `question` is about on a crop.
+    boxes checked and looked at on their crops, or the small region `question` is about on a crop.
 
     `model` answers with `model.chat`, given `generation` (generation settings, `system`). Each
     look is asked without the conversation's earlier turns: `question` itself when the reply
-    holds one group, "Where is the <phrase>?" for each group of one small box of a longer reply,
-    and `question` in the crop's coordinates for a region (see the module's doc).
+    is one box, "Where is the <thing>?" for each box of a description, and `question` in
+    the crop's coordinates for a region (see the module's doc).
     """
     if parse_groundings(question):
         answer = ask_on_region_crop(model, image, question, **generation)
         return reply if answer is None else answer
     groundings = parse_groundings(reply)
-    alone = len(groundings) == 1
+    alone = len(groundings) == 1 and _one_box(groundings[0])
     if alone:
-        boxes = [g for g in groundings if _one_box(g)]
+        groups = groundings
     else:
-        boxes = [g for g in groundings if _one_small_box(g) and names_thing(g.phrase)]
-    if not boxes:
+        groups = [g for g in groundings if g.boxes and not g.points and names_thing(g.phrase)]
+    if not groups:
         return reply
     image = image if isinstance(image, Image.Image) else load_image(image)
-    width, height = image.size
     pieces, done = [], 0
-    for g in boxes:
-        box, looks = g.boxes[0], []
-        whole = alone and box_side(box) >= TINY
-        if whole:  # the reply's own box and the mirrored whole image's
-            looks += [box, look(model, image, (0, 0, width, height), question, True, **generation)]
-        if not whole or fits_crop(box, width, height):
-            crop = crop_around(box, width, height)
-            query = question if alone else f"Where is the {g.phrase}?"
-            looks += [look(model, image, crop, query, flip, **generation) for flip in (False, True)]
-        looks = [b for b in looks if b is not None]
-        if len(looks) > whole:  # some look besides the reply's own box
-            mean = tuple(sum(values) / len(looks) for values in zip(*looks, strict=True))
-            pieces += [reply[done : g.start], format_box(mean)]
-            done = g.end
+    for g in groups:
+        if alone:
+            box = look_again(model, image, g.boxes[0], question, box_side(g.boxes[0]) >= TINY,
+                             **generation)
+            boxes = g.boxes if box is None else [box]
+        else:
+            boxes = _described_boxes(model, image, g, **generation)
+        if boxes == g.boxes:
+            continue
+        before = reply[done : g.start]
+        pieces += [before, format_boxes(boxes)] if boxes else [before.rstrip()]
+        done = g.end
     return "".join(pieces) + reply[done:]
+
+
+def _described_boxes(model, image: Image.Image, group: Grounding, **generation) -> list[Box]:
+    """A description's group of boxes looked at again: each box whose crop shows no such thing
+    is dropped; the others become the mean of their looks."""
+    name = thing(group.phrase)
+    query = f"Where is the {name}?"
+    check = f"Is there {'an' if name[0] in 'aeiou' else 'a'} {name} in the image?"
+    boxes = []
+    for box in group.boxes:
+        crop = crop_around(box, *image.size)
+        if first_yes_no(model.chat(image.crop(crop), check, history=[], **generation)) == "no":
+            continue
+        whole = len(group.boxes) == 1 and box_side(box) >= SMALL
+        mean = look_again(model, image, box, query, whole, **generation)
+        boxes.append(box if mean is None else mean)
+    return boxes
+
+
+def look_again(model, image: Image.Image, box: Box, question: str, whole: bool,
+               **generation) -> Box | None:
+    """The mean of `box`'s looks, or None where no look gives a single box.
+
+    With `whole`, the looks are `box` itself and the mirrored whole image's, and the crop's two
+    where `box` fits it (`fits_crop`); without, the crop's two alone.
+    """
+    width, height = image.size
+    looks = []
+    if whole:
+        looks += [box, look(model, image, (0, 0, width, height), question, True, **generation)]
+    if not whole or fits_crop(box, width, height):
+        crop = crop_around(box, width, height)
+        looks += [look(model, image, crop, question, flip, **generation) for flip in (False, True)]
+    looks = [b for b in looks if b is not None]
+    if len(looks) <= whole:  # no look besides `box` itself
+        return None
+    return tuple(sum(values) / len(looks) for values in zip(*looks, strict=True))
+
+
+def thing(phrase: str) -> str:
+    """What a description's phrase names, one of it: "two red apples" gives "red apple".
+
+    Leading numbers are dropped and a plural object name of the scenes' vocabulary is made
+    singular; other phrases are kept as they are.
+    """
+    words = phrase.split()
+    while len(words) > 1 and (words[0].isdigit() or words[0].lower() in NUMBER_WORDS):
+        words.pop(0)
+    singulars = _singulars()
+    for n in range(len(words)):
+        tail = " ".join(words[n:]).lower()
+        if tail in singulars:
+            return " ".join([*words[:n], singulars[tail]])
+    return " ".join(words)
+
+
+@functools.lru_cache(maxsize=1)
+def _singulars() -> dict[str, str]:
+    from .scenes import vocabulary  # the vocabulary's reader pulls in the scene drawing
+
+    return {c.plural: c.name for c in vocabulary()}
 
 
 def look(model, image: Image.Image, crop: tuple[int, int, int, int], question: str, mirror: bool,

@@ -227,6 +227,11 @@ def test_real_model_answer_streams_into_the_chat(context, app_url, scripted):
 
 def test_grounded_answer_streams_and_boxes_are_drawn(context, app_url, scripted):
     scripted.scripts[DESCRIBE_PROMPT] = (PARK_ANSWER, 0.1)
+    # zoom checks each box on its crop: the butterfly is not there, the rest give no new box
+    looks = {"Is there a butterfly": ("No.", 0.01), "Is there a": ("Yes.", 0.01), **{
+        f"Where is the {thing}?": ("Not here.", 0.01)
+        for thing in ("dog", "soccer ball", "tree", "sun")}}
+    scripted.scripts.update(looks)
     page = open_app(context, app_url)
     page.click("#samples button.gallery-item:has(img[src$='park.png'])")  # a bundled sample
     page.wait_for_selector("#annotated img")
@@ -259,6 +264,14 @@ def test_grounded_answer_streams_and_boxes_are_drawn(context, app_url, scripted)
     assert drawn.size == (480, 360)
     assert drawn.getpixel((110, 200)) == (230, 25, 75)
     assert drawn.getpixel((110, 250)) != (230, 25, 75)
+
+    scripted.settle()
+    for key in looks:
+        del scripted.scripts[key]
+    left, top, right, bottom = crop_around(parse_boxes("[[312,194,421,297]]")[0], 480, 360)
+    checked = scripted.call("Is there a butterfly in the image?", after=start)
+    assert checked.image_size == (right - left, bottom - top)
+    expect(bot).to_contain_text("a butterfly, a soccer ball [[417,744,529,894]]")
 
 
 def test_a_small_box_is_found_again_on_a_crop_unless_zoom_is_off(context, app_url, scripted):
@@ -348,11 +361,13 @@ def test_click_a_region_and_ask_about_it(context, app_url, scripted):
     scripted.scripts["Where is the"] = ("The dog [[125,556,354,822]].", 0.02)
     scripted.scripts["How many dogs"] = ("There is 1 dog.", 0.02)
     page.fill("#object-name textarea", "dog")
+    start = len(scripted.calls)
     page.click("button:text-is('Find it')")
-    assert scripted.call("Where is the dog").query == "Where is the dog? Answer in [[x0,y0,x1,y1]] format."
+    find = scripted.call("Where is the dog", after=start)
+    assert find.query == "Where is the dog? Answer in [[x0,y0,x1,y1]] format."
     page.fill("#object-name textarea", "dogs")
     page.click("button:text-is('Count')")
-    assert scripted.call("How many dogs").query == "How many dogs are there?"
+    assert scripted.call("How many dogs", after=start).query == "How many dogs are there?"
 
 
 @pytest.mark.weights

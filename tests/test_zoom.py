@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from cogvlm_lite.grounding import format_box, parse_boxes
-from cogvlm_lite.zoom import crop_around, from_crop, mirrored, zoom_in
+from cogvlm_lite.zoom import crop_around, from_crop, mirrored, thing, zoom_in
 
 
 class CropModel:
@@ -49,27 +49,68 @@ def test_zoom_in_replaces_the_small_box_with_the_crop_answer_mapped_back():
                                 {"history": [], "max_new_tokens": 32, "temperature": 0.0})]
 
 
-def test_zoom_in_asks_for_each_small_box_of_a_description_by_its_phrase():
+class CheckingModel(CropModel):
+    """Answers "Is there ...?" with `there` (by the thing asked about), all else with `answer`."""
+
+    def __init__(self, answer: str, there: dict[str, str] | None = None):
+        super().__init__(answer)
+        self.there = there or {}
+
+    def chat(self, image, query, history=(), **generation):
+        answer = super().chat(image, query, history, **generation)
+        if query.startswith("Is there"):
+            return next((a for thing, a in self.there.items() if thing in query), "Yes.")
+        return answer
+
+
+DESCRIPTION = ("A frog [[500,500,600,600]], a tree [[100,100,900,900]], two cats "
+               "[[000,000,050,050;100,100,150,150]] and an apple [[000,000,050,050]].")
+
+
+def test_zoom_in_looks_again_at_every_box_of_a_description_by_its_thing():
     image = Image.new("RGB", (400, 300))
-    model = CropModel("[[250,250,750,750]]")
-    reply = zoom_in(model, image, "Describe the image with boxes.",
-                    "A frog [[500,500,600,600]], a tree [[100,100,900,900]], two cats "
-                    "[[000,000,050,050;100,100,150,150]] and a red ball [[000,000,050,050]].")
-    # the frog's crop is (160, 105, 280, 225) as above; the ball's (0, 0, 120, 120)
+    model = CheckingModel("[[250,250,750,750]]")
+    reply = zoom_in(model, image, "Describe the image with boxes.", DESCRIPTION)
+    # the frog's crop is (160, 105, 280, 225) as above; the apple's and both cats' (0, 0, 120,
+    # 120); the tree is too large for a crop: the mean of its box and the mirrored image's
     frog = format_box((190 / 400, 135 / 300, 250 / 400, 195 / 300))
-    ball = format_box((30 / 400, 30 / 300, 90 / 400, 90 / 300))
-    assert reply == (f"A frog {frog}, a tree [[100,100,900,900]], two cats "
-                     f"[[000,000,050,050;100,100,150,150]] and a red ball {ball}.")
-    assert [(size, query) for size, query, _ in model.asked] == [
-        ((120, 120), "Where is the frog?"), ((120, 120), "Where is the frog?"),
-        ((120, 120), "Where is the red ball?"), ((120, 120), "Where is the red ball?")]
+    corner = format_box((30 / 400, 30 / 300, 90 / 400, 90 / 300))
+    assert reply == (f"A frog {frog}, a tree [[175,175,825,825]], two cats "
+                     f"[[{corner[2:-2]};{corner[2:-2]}]] and an apple {corner}.")
+    asked = [(size, query) for size, query, _ in model.asked]
+    assert asked == [
+        ((120, 120), "Is there a frog in the image?"), *2 * [((120, 120), "Where is the frog?")],
+        ((300, 300), "Is there a tree in the image?"), ((400, 300), "Where is the tree?"),
+        *2 * [((120, 120), "Is there a cat in the image?"), *2 * [((120, 120), "Where is the cat?")]],
+        ((120, 120), "Is there an apple in the image?"), *2 * [((120, 120), "Where is the apple?")]]
+
+
+def test_zoom_in_drops_a_description_box_whose_crop_shows_no_such_thing():
+    model = CheckingModel("No box here.", {"frog": "No.", "cat": "No, there is not."})
+    reply = zoom_in(model, Image.new("RGB", (400, 300)), "Describe the image.", DESCRIPTION)
+    assert reply == ("A frog, a tree [[100,100,900,900]], two cats and an apple "
+                     "[[000,000,050,050]].")
 
 
 def test_zoom_in_keeps_a_description_box_whose_crop_gives_no_single_box():
-    model = CropModel("No frog here.")
+    model = CheckingModel("No frog here.")
     reply = "A frog [[500,500,600,600]] and a ball [[000,000,050,050]]."
     assert zoom_in(model, Image.new("RGB", (400, 300)), "Describe the image.", reply) == reply
-    assert len(model.asked) == 4  # each crop, as it is and mirrored
+    assert len(model.asked) == 6  # each crop: is it there, then as it is and mirrored
+
+
+def test_zoom_in_looks_again_at_a_reply_of_one_group_of_boxes_as_at_a_description():
+    model = CheckingModel("[[250,250,750,750]]", {"cat": "No."})
+    reply = "Two cats [[000,000,050,050;500,500,600,600]]."
+    assert zoom_in(model, Image.new("RGB", (400, 300)), "Where are the cats?", reply) == "Two cats."
+    assert [query for _, query, _ in model.asked] == 2 * ["Is there a cat in the image?"]
+
+
+@pytest.mark.parametrize("phrase, name", [
+    ("Four cupcakes", "cupcake"), ("3 trash cans", "trash can"), ("two mice", "mouse"),
+    ("frisbee", "frisbee"), ("red apples", "red apple"), ("things", "things")])
+def test_thing_is_one_of_what_a_phrase_names(phrase, name):
+    assert thing(phrase) == name
 
 
 def test_zoom_in_asks_about_a_small_region_on_a_crop_in_the_crop_coordinates():
