@@ -37,7 +37,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     add_generation_arguments(p)
     p.add_argument("--system", help="system prompt (default: the chat template's own)")
     p.add_argument("--zoom", action="store_true",
-                   help="look again at boxes (small ones on a crop, every look also mirrored) "
+                   help="look again at boxes (on a crop, every look also mirrored; a description's "
+                        "boxes checked first) "
                         "and at a small region asked about; a changed answer is printed again")
     p.set_defaults(run=run_chat)
 
@@ -80,7 +81,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--limit", type=int, help="answer at most this many questions")
     p.add_argument("--zoom", action="store_true",
-                   help="look again at boxes (small ones on a crop, every look also mirrored) "
+                   help="look again at boxes (on a crop, every look also mirrored; a description's "
+                        "boxes checked first) "
                         "and at a small region asked about")
     p.set_defaults(run=run_vqa)
 

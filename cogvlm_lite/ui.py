@@ -338,8 +338,9 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
                     max_new_tokens = gr.Slider(16, 1024, value=256, step=16, label="Max new tokens",
                                                elem_id="max-new-tokens")
                     zoom = gr.Checkbox(value=True, label="Look again at boxes",
-                                       info="small boxes, and a small region asked about, on a "
-                                            "crop; every box also mirrored", elem_id="zoom")
+                                       info="boxes, and a small region asked about, on a crop; every "
+                                            "box also mirrored; a description's boxes checked",
+                                       elem_id="zoom")
         gr.Markdown(about_text(model, checkpoint), elem_id="about")
 
         light = dict(concurrency_limit=4)
