@@ -137,10 +137,8 @@ def zoom_in(model, image, question: str, reply: str, **generation) -> str:
         return reply if answer is None else answer
     groundings = parse_groundings(reply)
     alone = len(groundings) == 1 and _one_box(groundings[0])
-    if alone:
-        groups = groundings
-    else:
-        groups = [g for g in groundings if g.boxes and not g.points and names_thing(g.phrase)]
+    groups = groundings if alone else [
+        g for g in groundings if g.boxes and not g.points and names_thing(g.phrase)]
     if not groups:
         return reply
     image = image if isinstance(image, Image.Image) else load_image(image)
@@ -165,7 +163,7 @@ def _described_boxes(model, image: Image.Image, group: Grounding, **generation) 
     is dropped; the others become the mean of their looks."""
     name = thing(group.phrase)
     query = f"Where is the {name}?"
-    check = f"Is there {'an' if name[0] in 'aeiou' else 'a'} {name} in the image?"
+    check = f"Is there {'an' if name[0].lower() in 'aeiou' else 'a'} {name} in the image?"
     boxes = []
     for box in group.boxes:
         crop = crop_around(box, *image.size)
