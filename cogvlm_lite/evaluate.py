@@ -87,7 +87,7 @@ COUNT_GROUPS = ("one", "several")  # count: reference number 1, or more
 _GROUP = re.compile(r"\[\[[^\[\]]*\]\]")
 _NOT_WORD = re.compile(r"[^\w\s]|_")
 _ARTICLES = frozenset({"a", "an", "the"})
-NUMBER_WORDS = {
+_NUMBER_WORDS = {
     word: i
     for i, word in enumerate(
         "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
@@ -311,8 +311,8 @@ def first_number(text: str) -> int | None:
     for word in normalize(text).split():
         if word.isascii() and word.isdigit():
             return int(word)
-        if word in NUMBER_WORDS:
-            return NUMBER_WORDS[word]
+        if word in _NUMBER_WORDS:
+            return _NUMBER_WORDS[word]
     return None
 
 
@@ -345,12 +345,16 @@ def match_boxes(predicted: Sequence[Box], reference: Sequence[Box],
     return len(used_p)
 
 
+def without_count(words: list[str]) -> list[str]:
+    """`words` without the numbers they start with ("two", "2"), keeping at least one word."""
+    while len(words) > 1 and (words[0].isdigit() or words[0].lower() in _NUMBER_WORDS):
+        words = words[1:]
+    return words
+
+
 def _name(phrase: str) -> str:
     """What a grounded phrase names: "two apples" and "2 apples" both give "apples"."""
-    words = normalize(phrase).split()
-    while len(words) > 1 and (words[0].isdigit() or words[0] in NUMBER_WORDS):
-        words.pop(0)
-    return " ".join(words)
+    return " ".join(without_count(normalize(phrase).split()))
 
 
 def _named_boxes(text: str) -> list[tuple[str, Box]]:

@@ -32,7 +32,7 @@ import re
 
 from PIL import Image, ImageOps
 
-from .evaluate import NUMBER_WORDS, first_yes_no
+from .evaluate import first_yes_no, without_count
 from .grounding import (
     Box,
     Grounding,
@@ -201,9 +201,7 @@ def thing(phrase: str) -> str:
     Leading numbers are dropped and a plural object name of the scenes' vocabulary is made
     singular; other phrases are kept as they are.
     """
-    words = phrase.split()
-    while len(words) > 1 and (words[0].isdigit() or words[0].lower() in NUMBER_WORDS):
-        words.pop(0)
+    words = without_count(phrase.split())
     singulars = _singulars()
     for n in range(len(words)):
         tail = " ".join(words[n:]).lower()
