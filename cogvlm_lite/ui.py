@@ -29,7 +29,7 @@ from .grounding import (
     strip_groundings,
 )
 from .images import MAX_BYTES, ImageError, load_image
-from .zoom import zoom_in
+from .zoom import looking_again
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
         """Stream the answer to the pending question; record it (even a partial one) in the history.
 
         With `zoom`, the answer's boxes or a small region asked about are then looked at again
-        (`zoom.zoom_in`).
+        (`zoom.looking_again`); Stop ends that between two looks, the answer as it streamed.
         """
         question = session.pending
         if question is None:
@@ -265,7 +265,14 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
                 reply = {"role": "assistant", "content": render_answer(text, streaming=True)}
                 yield session, [*messages, reply], view_for(text)
             if zoom and session.image is not None:
-                zoomed = zoom_in(model, session.image, question, text, **options)
+                looks = looking_again(model, session.image, question, text, **options)
+                while True:
+                    try:
+                        next(looks)
+                    except StopIteration as end:
+                        zoomed = end.value
+                        break
+                    yield session, gr.skip(), gr.skip()  # between two looks, where Stop lands
                 if zoomed != text:
                     text, drawn = zoomed, -1  # the box moved: draw it again
             completed = True

@@ -23,12 +23,17 @@ phrase kept. The others are asked for again, "Where is the <thing>?": a box that
 group, and one under `SMALL` of the image, on its crop; a group's only box from `SMALL` up as a
 lone reply's is. Points, boxes whose phrase names nothing, and looks whose answer holds no
 single box (or, for a region, any box) are left alone.
+
+`looking_again` is `zoom_in` one look at a time: it pauses after each of the model's answers,
+so a caller can stop between looks (the browser UI's Stop).
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Generator
+from typing import TypeVar
 
 from PIL import Image, ImageOps
 
@@ -51,6 +56,25 @@ SMALL = 0.25  # a box whose longer side is under this share of the image's is lo
 TINY = 0.2  # a lone box under this share: only its crop's looks count, not the whole image's
 CONTEXT = 3.0  # the crop's side, in the box's longer side
 MIN_CROP = 0.4  # the crop's smallest side, in the image's shorter side
+
+T = TypeVar("T")
+Looks = Generator[None, None, T]  # pauses (yields None) after each answer; returns a T
+
+
+def finish(looks: Looks[T]) -> T:
+    """What `looks` returns, taken without pausing."""
+    while True:
+        try:
+            next(looks)
+        except StopIteration as end:
+            return end.value
+
+
+def answer(model, image: Image.Image, question: str, **generation) -> Looks[str]:
+    """`model`'s answer to `question` about `image`, asked alone; then a pause."""
+    text = model.chat(image, question, history=[], **generation)
+    yield
+    return text
 
 
 def crop_around(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
@@ -111,6 +135,11 @@ def ask_on_region_crop(model, image, question: str, **generation) -> str | None:
     or at a point (which gives no size to crop to), or the crop's answer holds a box (which
     would be in the crop's coordinates).
     """
+    return finish(region_look(model, image, question, **generation))
+
+
+def region_look(model, image, question: str, **generation) -> Looks[str | None]:
+    """`ask_on_region_crop`, pausing after the crop's answer."""
     regions = parse_groundings(question)
     if len(regions) != 1 or not _one_small_box(regions[0]):
         return None
@@ -119,8 +148,8 @@ def ask_on_region_crop(model, image, question: str, **generation) -> str | None:
     crop = crop_around(region, *image.size)
     inside = format_box(to_crop(region, crop, *image.size))
     question = question[: regions[0].start] + inside + question[regions[0].end :]
-    answer = model.chat(image.crop(crop), question, history=[], **generation)
-    return None if parse_groundings(answer) else answer
+    text = yield from answer(model, image.crop(crop), question, **generation)
+    return None if parse_groundings(text) else text
 
 
 def zoom_in(model, image, question: str, reply: str, **generation) -> str:
@@ -132,9 +161,14 @@ def zoom_in(model, image, question: str, reply: str, **generation) -> str:
     is one box, "Where is the <thing>?" for each box of a description, and `question` in
     the crop's coordinates for a region (see the module's doc).
     """
+    return finish(looking_again(model, image, question, reply, **generation))
+
+
+def looking_again(model, image, question: str, reply: str, **generation) -> Looks[str]:
+    """`zoom_in`, pausing after each of the model's answers: closed at a pause, it asks no more."""
     if parse_groundings(question):
-        answer = ask_on_region_crop(model, image, question, **generation)
-        return reply if answer is None else answer
+        text = yield from region_look(model, image, question, **generation)
+        return reply if text is None else text
     groundings = parse_groundings(reply)
     alone = len(groundings) == 1 and _one_box(groundings[0])
     groups = groundings if alone else [
@@ -145,11 +179,11 @@ def zoom_in(model, image, question: str, reply: str, **generation) -> str:
     pieces, done = [], 0
     for g in groups:
         if alone:
-            box = look_again(model, image, g.boxes[0], question, box_side(g.boxes[0]) >= TINY,
-                             **generation)
+            box = yield from look_again(model, image, g.boxes[0], question,
+                                        box_side(g.boxes[0]) >= TINY, **generation)
             boxes = g.boxes if box is None else [box]
         else:
-            boxes = _described_boxes(model, image, g, **generation)
+            boxes = yield from _described_boxes(model, image, g, **generation)
         if boxes == g.boxes:
             continue
         before = reply[done : g.start]
@@ -158,7 +192,8 @@ def zoom_in(model, image, question: str, reply: str, **generation) -> str:
     return "".join(pieces) + reply[done:]
 
 
-def _described_boxes(model, image: Image.Image, group: Grounding, **generation) -> list[Box]:
+def _described_boxes(model, image: Image.Image, group: Grounding,
+                     **generation) -> Looks[list[Box]]:
     """A description's group of boxes looked at again: each box whose crop shows no such thing
     is dropped; the others become the mean of their looks."""
     name = thing(group.phrase)
@@ -167,16 +202,16 @@ def _described_boxes(model, image: Image.Image, group: Grounding, **generation) 
     boxes = []
     for box in group.boxes:
         crop = crop_around(box, *image.size)
-        if first_yes_no(model.chat(image.crop(crop), check, history=[], **generation)) == "no":
+        if first_yes_no((yield from answer(model, image.crop(crop), check, **generation))) == "no":
             continue
         whole = len(group.boxes) == 1 and box_side(box) >= SMALL
-        mean = look_again(model, image, box, query, whole, **generation)
+        mean = yield from look_again(model, image, box, query, whole, **generation)
         boxes.append(box if mean is None else mean)
     return boxes
 
 
 def look_again(model, image: Image.Image, box: Box, question: str, whole: bool,
-               **generation) -> Box | None:
+               **generation) -> Looks[Box | None]:
     """The mean of `box`'s looks, or None where no look gives a single box.
 
     With `whole`, the looks are `box` itself and the mirrored whole image's, and the crop's two
@@ -185,10 +220,12 @@ def look_again(model, image: Image.Image, box: Box, question: str, whole: bool,
     width, height = image.size
     looks = []
     if whole:
-        looks += [box, look(model, image, (0, 0, width, height), question, True, **generation)]
+        looks += [box, (yield from look(model, image, (0, 0, width, height), question, True,
+                                        **generation))]
     if not whole or fits_crop(box, width, height):
         crop = crop_around(box, width, height)
-        looks += [look(model, image, crop, question, flip, **generation) for flip in (False, True)]
+        for flip in (False, True):
+            looks.append((yield from look(model, image, crop, question, flip, **generation)))
     looks = [b for b in looks if b is not None]
     if len(looks) <= whole:  # no look besides `box` itself
         return None
@@ -218,14 +255,14 @@ def _singulars() -> dict[str, str]:
 
 
 def look(model, image: Image.Image, crop: tuple[int, int, int, int], question: str, mirror: bool,
-         **generation) -> Box | None:
+         **generation) -> Looks[Box | None]:
     """The one box `question` gets on `image`'s pixel `crop`, or on the crop's mirror image
     (`question` then with left and right swapped), as a box of the whole image; None where the
     answer holds no single box."""
     view = image.crop(crop)
     if mirror:
         view, question = ImageOps.mirror(view), mirrored(question)
-    boxes = parse_boxes(model.chat(view, question, history=[], **generation))
+    boxes = parse_boxes((yield from answer(model, view, question, **generation)))
     if len(boxes) != 1:
         return None
     x0, y0, x1, y1 = boxes[0]

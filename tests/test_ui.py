@@ -519,6 +519,36 @@ def test_stop_regenerate_and_clear(context, app_url, scripted):
     assert scripted.call("quick again", after=start).history == []
 
 
+def test_stop_ends_looking_again_at_boxes_between_two_looks(context, app_url, scripted):
+    # zoom takes 14 looks at the park description's five boxes, a second each
+    looks = {DESCRIBE_PROMPT: (PARK_ANSWER, 0.01), "Is there a": ("Yes.", 1.0),
+             "Where is the": ("Not here.", 0.5), "quick": ("Quick answer.", 0.02)}
+    scripted.scripts.update(looks)
+    try:
+        page = open_app(context, app_url)
+        page.click("#samples button.gallery-item:has(img[src$='park.png'])")
+        page.wait_for_selector("#annotated img")
+        start = len(scripted.calls)
+        page.click("text=Describe with boxes")
+        scripted.call("Where is the dog?", after=start)  # the dog's box checked and looked at once
+        page.click("button:text-is('Stop')")
+        time.sleep(2.5)  # the look under way ends, and no other begins
+        asked = len(scripted.calls)
+        assert asked - start <= 5, [c.query for c in scripted.calls[start:]]
+        time.sleep(1.5)
+        assert len(scripted.calls) == asked
+        expect(page.locator(BOT).last).to_contain_text("A dog, a butterfly")
+
+        ask(page, "quick?")
+        quick = scripted.call("quick", after=asked, timeout=10)
+        assert quick.history == [(DESCRIBE_PROMPT, PARK_ANSWER)]  # the answer as it streamed
+        expect(page.locator(BOT).last).to_have_text("Quick answer.")
+    finally:
+        scripted.settle()
+        for key in looks:
+            del scripted.scripts[key]
+
+
 def test_app_help():
     out = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from cogvlm_lite.grounding import format_box, parse_boxes
-from cogvlm_lite.zoom import crop_around, from_crop, mirrored, thing, zoom_in
+from cogvlm_lite.zoom import crop_around, from_crop, looking_again, mirrored, thing, zoom_in
 
 
 class CropModel:
@@ -83,6 +83,23 @@ def test_zoom_in_looks_again_at_every_box_of_a_description_by_its_thing():
         ((300, 300), "Is there a tree in the image?"), ((400, 300), "Where is the tree?"),
         *2 * [((120, 120), "Is there a cat in the image?"), *2 * [((120, 120), "Where is the cat?")]],
         ((120, 120), "Is there an apple in the image?"), *2 * [((120, 120), "Where is the apple?")]]
+
+
+def test_looking_again_pauses_after_each_answer_and_asks_no_more_once_closed():
+    image = Image.new("RGB", (400, 300))
+    whole = zoom_in(CheckingModel("[[250,250,750,750]]"), image, "Describe.", DESCRIPTION)
+    model = CheckingModel("[[250,250,750,750]]")
+    looks = looking_again(model, image, "Describe.", DESCRIPTION)
+    for asked in range(1, 15):  # 14 answers: the tree's 2, the frog's, each cat's and the apple's 3
+        next(looks)
+        assert len(model.asked) == asked
+    with pytest.raises(StopIteration) as end:
+        next(looks)
+    assert end.value.value == whole
+    looks = looking_again(model, image, "Describe.", DESCRIPTION)
+    next(looks), next(looks)
+    looks.close()  # as the UI's Stop does between two looks
+    assert len(model.asked) == 14 + 2
 
 
 def test_zoom_in_drops_a_description_box_whose_crop_shows_no_such_thing():
