@@ -352,7 +352,7 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
 
         light = dict(concurrency_limit=4)
         image_in.change(on_image, [image_in], [session, chatbot, annotated, region_md], **light)
-        image_in.select(on_click, [session], [session, region_md, annotated], **light)
+        image_in.select(on_click, [session], [session, region_md, annotated], queue=False)
         clear_region_btn.click(on_clear_region, [session], [session, region_md, annotated], queue=False)
 
         generate = dict(fn=respond, inputs=[session, temperature, top_p, max_new_tokens, zoom],
