@@ -45,7 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .conversation import as_messages
 from .images import MAX_BYTES, ImageError, load_image
-from .zoom import zoom_in
+from .zoom import finish, looking_again
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ MODEL_NAME = "cogvlm-lite"
 MAX_WAITING = 16  # requests waiting for the model before new ones get 429
 MAX_BODY = MAX_BYTES * 4 // 3 + 1024 * 1024  # one base64 image at the size limit, plus text
 DEFAULT_MAX_TOKENS = 256
+DISCONNECT_POLL = 0.25  # seconds between checks that a client waiting for an answer is still there
 _B64_LIMIT = math.ceil(MAX_BYTES / 3) * 4  # base64 characters of a MAX_BYTES file
 
 
@@ -368,10 +369,15 @@ def create_app(model, api_key: str | None = None, model_name: str = MODEL_NAME, 
 
         if not req.stream:
             text, finish = "", "stop"
-            try:
+
+            async def whole_answer() -> None:
+                nonlocal text, finish
                 async with aclosing(answers()) as stream:
                     async for answer in stream:
                         text, finish = answer[0], answer[1] or finish
+
+            try:
+                await _unless_disconnected(request, whole_answer())
             except ValueError as e:
                 raise _bad(f"the model could not answer: {e}") from e
             except Exception as e:  # the server keeps serving; the details go to the log
@@ -463,6 +469,22 @@ def _count(model, text: str, limit: int) -> int:
     return min(limit, len(model.tokenizer(text, add_special_tokens=False)["input_ids"])) if text else 0
 
 
+async def _unless_disconnected(request: Request, work) -> None:
+    """Await `work`, cancelling it if the client goes away first (so the model is freed)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while not task.done():
+            await asyncio.wait([task], timeout=DISCONNECT_POLL)
+            if not task.done() and await request.is_disconnected():
+                raise APIError(499, "the client closed the connection before the answer was ready",
+                               code="client_closed")
+        task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
 def _sse(data: dict) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -471,7 +493,7 @@ async def _generate(model, req: ChatRequest) -> AsyncIterator[str]:
     """The growing answer, generated in a worker thread so the event loop stays free.
 
     Leaving the loop early (a stop sequence, a client that went away) stops the generation at
-    the next token.
+    the next token, or zoom at the next look.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
@@ -493,8 +515,11 @@ async def _generate(model, req: ChatRequest) -> AsyncIterator[str]:
                     break
                 put(("text", text))
             if req.zoom and req.image is not None and not cancel.is_set():
-                put(("text", zoom_in(model, req.image, req.query, text, system=req.system,
-                                     **req.generation)))
+                looks = looking_again(model, req.image, req.query, text, system=req.system,
+                                      **req.generation)
+                zoomed = finish(looks, stop=cancel.is_set)  # None: stopped between two looks
+                if zoomed is not None:
+                    put(("text", zoomed))
         except Exception as e:  # handed over to the event loop, which reports it
             put(("error", e))
         finally:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TypeVar
 
 from PIL import Image, ImageOps
@@ -61,13 +61,17 @@ T = TypeVar("T")
 Looks = Generator[None, None, T]  # pauses (yields None) after each answer; returns a T
 
 
-def finish(looks: Looks[T]) -> T:
-    """What `looks` returns, taken without pausing."""
+def finish(looks: Looks[T], stop: Callable[[], bool] | None = None) -> T | None:
+    """What `looks` returns, taken without pausing; None, and no more asked, once `stop()` is
+    true at a pause."""
     while True:
         try:
             next(looks)
         except StopIteration as end:
             return end.value
+        if stop is not None and stop():
+            looks.close()
+            return None
 
 
 def answer(model, image: Image.Image, question: str, **generation) -> Looks[str]:

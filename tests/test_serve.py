@@ -50,18 +50,22 @@ class Recording:
     def __init__(self, model):
         self.model = model
         self.calls: list[dict] = []
+        self.delay = 0.0  # seconds each answer takes first
 
     def __getattr__(self, name):
         return getattr(self.model, name)
 
     def stream_chat(self, image, query, history=(), **options):
         self.calls.append(dict(image=image, query=query, history=list(history), **options))
+        time.sleep(self.delay)
         if "explode" in query:
             return self._explode()
         if "tiny frog" in query:  # on any image, the crop a zoom asks about too
             return self._say(f"There {format_box(SMALL_BOX)}.")
         if "little thing" in query:  # named right only on a crop, where it looks bigger
             return self._say("A frog." if image.size != (400, 300) else "A leaf.")
+        if "the pond" in query:  # four small things, each checked and looked at twice by zoom
+            return self._say(POND)
         return self.model.stream_chat(image, query, history, **options)
 
     def chat(self, image, query, history=(), **options):
@@ -114,6 +118,8 @@ def http(base_url):
 
 
 SMALL_BOX = (0.5, 0.5, 0.55, 0.55)
+POND = ("A frog [[100,100,150,150]], a toad [[300,300,350,350]], a newt [[500,500,550,550]] and "
+        "a snail [[700,700,750,750]].")
 SAMPLING = dict(temperature=1.0, seed=0, max_tokens=8)  # random tiny weights: greedy is all newlines
 
 
@@ -246,6 +252,27 @@ def test_client_that_leaves_mid_stream_frees_the_model(http, client):
             "temperature": 1.0, "seed": 1, "max_tokens": 400}
     with http.stream("POST", "/v1/chat/completions", json=body) as response:
         next(response.iter_lines())
+    reply = client.chat.completions.create(model="cogvlm-lite",
+                                           messages=[{"role": "user", "content": "Hi"}], **SAMPLING)
+    assert reply.choices[0].message.content
+
+
+def test_client_that_leaves_before_a_zoomed_answer_frees_the_model(http, client, model):
+    body = {"messages": [user("Describe the pond.", data_url(png_bytes((400, 300))))],
+            "zoom": True, "max_tokens": 8}
+    start = len(model.calls)
+    model.delay = 0.5  # the answer, then 12 looks: 6.5 s
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/chat/completions", json=body, timeout=2.0)
+        asked, deadline = -1, time.monotonic() + 20
+        while len(model.calls) != asked:  # until no question has come for 1.5 s
+            assert time.monotonic() < deadline, "the model kept getting questions"
+            asked = len(model.calls)
+            time.sleep(1.5)
+    finally:
+        model.delay = 0.0
+    assert asked - start <= 7, [call["query"] for call in model.calls[start:]]
     reply = client.chat.completions.create(model="cogvlm-lite",
                                            messages=[{"role": "user", "content": "Hi"}], **SAMPLING)
     assert reply.choices[0].message.content

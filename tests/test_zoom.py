@@ -5,7 +5,15 @@ import pytest
 from PIL import Image
 
 from cogvlm_lite.grounding import format_box, parse_boxes
-from cogvlm_lite.zoom import crop_around, from_crop, looking_again, mirrored, thing, zoom_in
+from cogvlm_lite.zoom import (
+    crop_around,
+    finish,
+    from_crop,
+    looking_again,
+    mirrored,
+    thing,
+    zoom_in,
+)
 
 
 class CropModel:
@@ -100,6 +108,9 @@ def test_looking_again_pauses_after_each_answer_and_asks_no_more_once_closed():
     next(looks), next(looks)
     looks.close()  # as the UI's Stop does between two looks
     assert len(model.asked) == 14 + 2
+    looks = looking_again(model, image, "Describe.", DESCRIPTION)
+    assert finish(looks, stop=lambda: len(model.asked) == 16 + 3) is None  # as the API's does
+    assert len(model.asked) == 16 + 3
 
 
 def test_zoom_in_drops_a_description_box_whose_crop_shows_no_such_thing():
