@@ -45,7 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .conversation import as_messages
 from .images import MAX_BYTES, ImageError, load_image
-from .zoom import finish, looking_again
+from .zoom import looking_again, run_looks
 
 log = logging.getLogger(__name__)
 
@@ -517,7 +517,7 @@ async def _generate(model, req: ChatRequest) -> AsyncIterator[str]:
             if req.zoom and req.image is not None and not cancel.is_set():
                 looks = looking_again(model, req.image, req.query, text, system=req.system,
                                       **req.generation)
-                zoomed = finish(looks, stop=cancel.is_set)  # None: stopped between two looks
+                zoomed = run_looks(looks, stop=cancel.is_set)  # None: stopped between two looks
                 if zoomed is not None:
                     put(("text", zoomed))
         except Exception as e:  # handed over to the event loop, which reports it

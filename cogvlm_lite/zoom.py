@@ -61,9 +61,9 @@ T = TypeVar("T")
 Looks = Generator[None, None, T]  # pauses (yields None) after each answer; returns a T
 
 
-def finish(looks: Looks[T], stop: Callable[[], bool] | None = None) -> T | None:
-    """What `looks` returns, taken without pausing; None, and no more asked, once `stop()` is
-    true at a pause."""
+def run_looks(looks: Looks[T], stop: Callable[[], bool] | None = None) -> T | None:
+    """What `looks` returns, run to its end without pausing; None, and no more asked, once
+    `stop()` is true at a pause."""
     while True:
         try:
             next(looks)
@@ -139,7 +139,7 @@ def ask_on_region_crop(model, image, question: str, **generation) -> str | None:
     or at a point (which gives no size to crop to), or the crop's answer holds a box (which
     would be in the crop's coordinates).
     """
-    return finish(region_look(model, image, question, **generation))
+    return run_looks(region_look(model, image, question, **generation))
 
 
 def region_look(model, image, question: str, **generation) -> Looks[str | None]:
@@ -165,7 +165,7 @@ def zoom_in(model, image, question: str, reply: str, **generation) -> str:
     is one box, "Where is the <thing>?" for each box of a description, and `question` in
     the crop's coordinates for a region (see the module's doc).
     """
-    return finish(looking_again(model, image, question, reply, **generation))
+    return run_looks(looking_again(model, image, question, reply, **generation))
 
 
 def looking_again(model, image, question: str, reply: str, **generation) -> Looks[str]:

@@ -7,10 +7,10 @@ from PIL import Image
 from cogvlm_lite.grounding import format_box, parse_boxes
 from cogvlm_lite.zoom import (
     crop_around,
-    finish,
     from_crop,
     looking_again,
     mirrored,
+    run_looks,
     thing,
     zoom_in,
 )
@@ -109,7 +109,7 @@ def test_looking_again_pauses_after_each_answer_and_asks_no_more_once_closed():
     looks.close()  # as the UI's Stop does between two looks
     assert len(model.asked) == 14 + 2
     looks = looking_again(model, image, "Describe.", DESCRIPTION)
-    assert finish(looks, stop=lambda: len(model.asked) == 16 + 3) is None  # as the API's does
+    assert run_looks(looks, stop=lambda: len(model.asked) == 16 + 3) is None  # as the API's does
     assert len(model.asked) == 16 + 3
 
 
