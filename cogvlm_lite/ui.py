@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import itertools
 import logging
 import re
 import sys
@@ -60,6 +61,23 @@ class Session:
     history: list[tuple[str, str]] = field(default_factory=list)  # (question sent, raw answer)
     clicks: list[tuple[int, int]] = field(default_factory=list)  # pixel clicks on the image
     pending: str | None = None  # the question waiting to be answered
+    asked: int = 0  # questions put to the model so far
+    stopped: int = 0  # the answers to questions up to this one are stopped
+    closed: bool = False  # left for a new conversation: an answer under way shows nothing more
+
+    def put(self, question: str) -> None:
+        """Make `question` the one to answer next."""
+        self.pending = question
+        self.asked += 1
+
+    def stop(self) -> None:
+        """Stop the answer under way, or waiting, at its next token or look."""
+        self.stopped = self.asked
+
+    def close(self) -> None:
+        """Stop the answer under way and show nothing more of this conversation."""
+        self.stop()
+        self.closed = True
 
 
 class ImageInput(gr.Image):
@@ -141,6 +159,12 @@ def notice(text: str) -> dict:
     return {"role": "assistant", "content": f"⚠️ {text}"}
 
 
+def looking_note(looks: int) -> str:
+    """The line under the chat while zoom looks again at an answer's boxes or a region."""
+    done = f"{looks} look{'' if looks == 1 else 's'} so far" if looks else "starting"
+    return f"*Looking again on crops ({done}); Stop keeps the answer as it is.*"
+
+
 def about_text(model, checkpoint: str) -> str:
     """One line on what is running: base models, checkpoint, parameter counts."""
     config = model.config
@@ -168,21 +192,22 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
     `checkpoint` is how the About line names the loaded checkpoint. Launch it with `launch_ui`.
     """
 
-    def on_image(path: str | None):
+    def on_image(old: Session, path: str | None):
+        old.close()
         session = Session()  # a new image starts a new conversation
         if path is None:
-            return session, [], None, ""
+            return session, [], None, "", ""
         try:
             image = load_image(path)
         except ImageError as e:
             # Name the file as the user knows it, not by its place in Gradio's upload folder.
             message = f"Could not use this image: {str(e).replace(path, Path(path).name)}"
             gr.Warning(message)
-            return session, [notice(message)], None, ""
+            return session, [notice(message)], None, "", ""
         session.image = image
         session.view = image.copy()
         session.view.thumbnail((VIEW_SIDE, VIEW_SIDE))
-        return session, [], session.view, ""
+        return session, [], session.view, "", ""
 
     def on_click(session: Session, evt: gr.SelectData):
         if session.image is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) != 2:
@@ -211,7 +236,7 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
             gr.Warning("Type a question first.")
             session.pending = None
             return session, gr.skip(), gr.skip(), gr.skip()
-        session.pending = with_region(question, region)
+        session.put(with_region(question, region))
         session.clicks = []
         return session, chat_messages(session.history, session.pending), "", ""
 
@@ -229,7 +254,7 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
             session.pending = None
             return session, gr.skip()
         question, _ = session.history.pop()
-        session.pending = question
+        session.put(question)
         return session, chat_messages(session.history, session.pending)
 
     def respond(session: Session, temperature: float, top_p: float, max_new_tokens: float,
@@ -237,16 +262,20 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
         """Stream the answer to the pending question; record it (even a partial one) in the history.
 
         With `zoom`, the answer's boxes or a small region asked about are then looked at again
-        (`zoom.looking_again`); Stop ends that between two looks, the answer as it streamed.
+        (`zoom.looking_again`), a line under the chat counting the looks. Stop ends the answer at
+        its next token, or between two looks with the answer as it streamed.
         """
-        question = session.pending
+        question, number = session.pending, session.asked
         if question is None:
-            yield session, gr.skip(), gr.skip()
+            yield gr.skip(), gr.skip(), gr.skip()
             return
         session.pending = None
         messages = chat_messages(session.history, question)
         text = ""
         drawn = -1  # how many groundings the image beside the chat shows; -1: not drawn yet
+
+        def stopped() -> bool:
+            return session.stopped >= number
 
         def view_for(text: str):
             nonlocal drawn
@@ -261,21 +290,31 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
                        max_new_tokens=int(max_new_tokens))
         stream = model.stream_chat(session.image, question, list(session.history), **options)
         try:
-            for text in stream:
-                reply = {"role": "assistant", "content": render_answer(text, streaming=True)}
-                yield session, [*messages, reply], view_for(text)
-            if zoom and session.image is not None:
+            if not stopped():  # Stop may come before the model is free
+                for text in stream:
+                    if stopped():
+                        break
+                    reply = {"role": "assistant", "content": render_answer(text, streaming=True)}
+                    yield [*messages, reply], view_for(text), gr.skip()
+                else:
+                    completed = True
+            if completed and zoom and session.image is not None:
                 looks = looking_again(model, session.image, question, text, **options)
-                while True:
+                zoomed = text
+                if parse_groundings(text) or parse_groundings(question):
+                    yield gr.skip(), gr.skip(), looking_note(0)
+                for n in itertools.count(1):
                     try:
                         next(looks)
                     except StopIteration as end:
                         zoomed = end.value
                         break
-                    yield session, gr.skip(), gr.skip()  # between two looks, where Stop lands
+                    if stopped():
+                        looks.close()
+                        break
+                    yield gr.skip(), gr.skip(), looking_note(n)
                 if zoomed != text:
                     text, drawn = zoomed, -1  # the box moved: draw it again
-            completed = True
         except (ValueError, RuntimeError, ImageError) as e:
             yield from _fail(session, messages, text, f"The model could not answer: {e}")
             return
@@ -287,18 +326,26 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
             return
         finally:
             stream.close()
-            if completed or text:  # a stopped answer stays in the conversation as far as it got
+            if not session.closed and (completed or text):  # a stopped answer as far as it got
                 session.history.append((question, text))
-        yield session, chat_messages(session.history), view_for(text)
+        if session.closed:  # the last output is also the final one: it must not bring the chat back
+            yield gr.skip(), gr.skip(), gr.skip()
+        else:
+            yield chat_messages(session.history), view_for(text), ""
 
     def _fail(session: Session, messages: list[dict], text: str, message: str):
         gr.Warning(message)
         shown = [*messages, {"role": "assistant", "content": render_answer(text)}] if text else messages
-        yield session, [*shown, notice(message)], gr.skip()
+        yield ([*shown, notice(message)], gr.skip(), "") if not session.closed else (gr.skip(),) * 3
+
+    def stop(session: Session):
+        session.stop()
+        return ""
 
     def clear(session: Session):
+        session.close()
         fresh = Session(image=session.image, view=session.view)
-        return fresh, [], fresh.view, "", ""
+        return fresh, [], fresh.view, "", "", ""
 
     with gr.Blocks(title="cogvlm-lite", analytics_enabled=False) as demo:
         session = gr.State(Session())
@@ -331,6 +378,7 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
                     stop_btn = gr.Button("Stop", variant="stop", size="sm")
                     regen_btn = gr.Button("Regenerate", size="sm")
                     clear_btn = gr.Button("Clear", size="sm")
+                zoom_md = gr.Markdown("", elem_id="zoom-status")
                 with gr.Row(equal_height=True):
                     describe_btn = gr.Button("Describe with boxes", size="sm", scale=2)
                     object_name = gr.Textbox(placeholder="object, e.g. dog", show_label=False, scale=2,
@@ -351,28 +399,29 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
         gr.Markdown(about_text(model, checkpoint), elem_id="about")
 
         light = dict(concurrency_limit=4)
-        image_in.change(on_image, [image_in], [session, chatbot, annotated, region_md], **light)
+        image_in.change(on_image, [session, image_in],
+                        [session, chatbot, annotated, region_md, zoom_md], **light)
         image_in.select(on_click, [session], [session, region_md, annotated], queue=False)
         clear_region_btn.click(on_clear_region, [session], [session, region_md, annotated], queue=False)
 
         generate = dict(fn=respond, inputs=[session, temperature, top_p, max_new_tokens, zoom],
-                        outputs=[session, chatbot, annotated], concurrency_limit=1,
+                        outputs=[chatbot, annotated, zoom_md], concurrency_limit=1,
                         concurrency_id="model", show_progress="minimal")
         asked = [session, chatbot, question, region_md]
-        runs = [
-            question.submit(ask, [session, question], asked, queue=False).then(**generate),
-            send_btn.click(ask, [session, question], asked, queue=False).then(**generate),
-            describe_btn.click(lambda s: ask(s, DESCRIBE_PROMPT), [session], asked,
-                               queue=False).then(**generate),
-            find_btn.click(lambda s, n: ask_about_object(s, n, FIND_PROMPT), [session, object_name],
-                           asked, queue=False).then(**generate),
-            count_btn.click(lambda s, n: ask_about_object(s, n, COUNT_PROMPT), [session, object_name],
-                            asked, queue=False).then(**generate),
-            regen_btn.click(regenerate, [session], [session, chatbot], queue=False).then(**generate),
-        ]
-        stop_btn.click(None, None, None, cancels=runs, queue=False)
-        clear_btn.click(clear, [session], [session, chatbot, annotated, region_md, question],
-                        cancels=runs, queue=False)
+        question.submit(ask, [session, question], asked, queue=False).then(**generate)
+        send_btn.click(ask, [session, question], asked, queue=False).then(**generate)
+        describe_btn.click(lambda s: ask(s, DESCRIBE_PROMPT), [session], asked,
+                           queue=False).then(**generate)
+        find_btn.click(lambda s, n: ask_about_object(s, n, FIND_PROMPT), [session, object_name],
+                       asked, queue=False).then(**generate)
+        count_btn.click(lambda s, n: ask_about_object(s, n, COUNT_PROMPT), [session, object_name],
+                        asked, queue=False).then(**generate)
+        regen_btn.click(regenerate, [session], [session, chatbot], queue=False).then(**generate)
+        # Stop and Clear end the answer at its next token or look (Gradio's cancels would mark
+        # the chat with an error)
+        stop_btn.click(stop, [session], [zoom_md], queue=False)
+        clear_btn.click(clear, [session], [session, chatbot, annotated, region_md, question, zoom_md],
+                        queue=False)
     demo.queue(max_size=queue_size)
     return demo
 

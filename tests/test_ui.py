@@ -272,6 +272,7 @@ def test_grounded_answer_streams_and_boxes_are_drawn(context, app_url, scripted)
     checked = scripted.call("Is there a butterfly in the image?", after=start)
     assert checked.image_size == (right - left, bottom - top)
     expect(bot).to_contain_text("a butterfly, a soccer ball [[417,744,529,894]]")
+    expect(page.locator("#zoom-status")).to_have_text("")  # the note goes once zoom is done
 
 
 def test_a_small_box_is_found_again_on_a_crop_unless_zoom_is_off(context, app_url, scripted):
@@ -489,9 +490,10 @@ def test_stop_regenerate_and_clear(context, app_url, scripted):
     page.click("button:text-is('Stop')")
     story = scripted.call("long story", after=start, timeout=5)  # the generation was closed
     assert "word79" not in story.text
-    shown = page.locator(BOT).last.inner_text()
+    expect(page.locator(BOT).last).to_have_text(story.text)  # the answer as far as it got
     page.wait_for_timeout(500)
-    assert page.locator(BOT).last.inner_text() == shown  # nothing more arrives
+    assert page.locator(BOT).last.inner_text() == story.text  # nothing more arrives
+    assert "Error" not in page.locator("#chat").inner_text()  # a stop is not an error
 
     start = len(scripted.calls)
     ask(page, "quick?")
@@ -519,6 +521,26 @@ def test_stop_regenerate_and_clear(context, app_url, scripted):
     assert scripted.call("quick again", after=start).history == []
 
 
+def test_clear_while_answering_empties_the_chat_for_good(context, app_url, scripted):
+    scripted.scripts["long story"] = (" ".join(f"word{i}" for i in range(80)), 0.15)  # 12 s
+    scripted.scripts["quick"] = ("Quick answer.", 0.02)
+    page = open_app(context, app_url)
+    start = len(scripted.calls)
+    ask(page, "Tell me a long story.")
+    expect(page.locator(BOT).last).to_contain_text("word3")
+    page.click("button:text-is('Clear')")
+    story = scripted.call("long story", after=start, timeout=5)  # the generation was closed
+    assert "word79" not in story.text
+    expect(page.locator(USER)).to_have_count(0)
+    page.wait_for_timeout(500)
+    expect(page.locator(USER)).to_have_count(0)  # the stopped answer does not come back
+    assert "Error" not in page.locator("#chat").inner_text()
+
+    ask(page, "quick?")
+    assert scripted.call("quick", after=start).history == []
+    expect(page.locator(BOT).last).to_have_text("Quick answer.")
+
+
 def test_stop_ends_looking_again_at_boxes_between_two_looks(context, app_url, scripted):
     # zoom takes 15 looks at the park description's five boxes, a second each
     looks = {DESCRIBE_PROMPT: (PARK_ANSWER, 0.01), "Is there a": ("Yes.", 1.0),
@@ -531,11 +553,16 @@ def test_stop_ends_looking_again_at_boxes_between_two_looks(context, app_url, sc
         start = len(scripted.calls)
         page.click("text=Describe with boxes")
         scripted.call("Where is the dog?", after=start)  # the dog's box checked and looked at once
+        expect(page.locator("#zoom-status")).to_contain_text("Looking again")
+        expect(page.locator("#zoom-status")).to_contain_text("so far")
         page.click("button:text-is('Stop')")
+        expect(page.locator("#zoom-status")).to_have_text("")
         scripted.settle(quiet=2.0)  # the look under way ends, and no other begins
         asked = len(scripted.calls)
         assert asked - start <= 6, [c.query for c in scripted.calls[start:]]  # of 15
         expect(page.locator(BOT).last).to_contain_text("A dog, a butterfly")
+        expect(page.locator("#zoom-status")).to_have_text("")
+        assert "Error" not in page.locator("#chat").inner_text()
 
         ask(page, "quick?")
         quick = scripted.call("quick", after=asked, timeout=10)
