@@ -480,16 +480,23 @@ def test_two_users_at_once_keep_their_own_image_and_conversation(browser, app_ur
             c.close()
 
 
-def test_stop_regenerate_and_clear(context, app_url, scripted):
-    scripted.scripts["long story"] = (" ".join(f"word{i}" for i in range(80)), 0.15)  # 12 s
+def interrupt_a_long_story(context, app_url, scripted, button: str):
+    """A page whose 12-second story was interrupted by `button` after its fourth word; the
+    number of model calls before it; the story's call, which the interruption closed."""
+    scripted.scripts["long story"] = (" ".join(f"word{i}" for i in range(80)), 0.15)
     scripted.scripts["quick"] = ("Quick answer.", 0.02)
     page = open_app(context, app_url)
     start = len(scripted.calls)
     ask(page, "Tell me a long story.")
     expect(page.locator(BOT).last).to_contain_text("word3")
-    page.click("button:text-is('Stop')")
-    story = scripted.call("long story", after=start, timeout=5)  # the generation was closed
+    page.click(f"button:text-is('{button}')")
+    story = scripted.call("long story", after=start, timeout=5)
     assert "word79" not in story.text
+    return page, start, story
+
+
+def test_stop_regenerate_and_clear(context, app_url, scripted):
+    page, start, story = interrupt_a_long_story(context, app_url, scripted, "Stop")
     expect(page.locator(BOT).last).to_have_text(story.text)  # the answer as far as it got
     page.wait_for_timeout(500)
     assert page.locator(BOT).last.inner_text() == story.text  # nothing more arrives
@@ -522,15 +529,7 @@ def test_stop_regenerate_and_clear(context, app_url, scripted):
 
 
 def test_clear_while_answering_empties_the_chat_for_good(context, app_url, scripted):
-    scripted.scripts["long story"] = (" ".join(f"word{i}" for i in range(80)), 0.15)  # 12 s
-    scripted.scripts["quick"] = ("Quick answer.", 0.02)
-    page = open_app(context, app_url)
-    start = len(scripted.calls)
-    ask(page, "Tell me a long story.")
-    expect(page.locator(BOT).last).to_contain_text("word3")
-    page.click("button:text-is('Clear')")
-    story = scripted.call("long story", after=start, timeout=5)  # the generation was closed
-    assert "word79" not in story.text
+    page, start, _ = interrupt_a_long_story(context, app_url, scripted, "Clear")
     expect(page.locator(USER)).to_have_count(0)
     page.wait_for_timeout(500)
     expect(page.locator(USER)).to_have_count(0)  # the stopped answer does not come back
