@@ -213,7 +213,7 @@ def run_chat(args) -> int:
         image = load_image(args.image)
     if interactive:
         print("Type a message. Commands: 'image PATH' switches image, 'clear' starts over, "
-              "'exit' quits.")
+              "'exit' quits. Ctrl-C stops an answer.")
     while True:
         if interactive:
             print("> ", end="", flush=True)
@@ -247,14 +247,21 @@ def run_chat(args) -> int:
                 shown = text
             print()
             if args.zoom and image is not None:
-                zoomed = zoom_in(model, image, line, shown, **options)
+                try:
+                    zoomed = zoom_in(model, image, line, shown, **options)
+                except KeyboardInterrupt:
+                    print("(zoom stopped; the answer above stands)")
+                    zoomed = shown
                 if zoomed != shown:
                     print(f"(zoomed in) {zoomed}")
                     shown = zoomed
+        except KeyboardInterrupt:  # Ctrl-C stops the answer, as the UI's Stop does
+            print(" (stopped)")
         except ValueError as e:
             print(f"error: {e}")
             continue
-        history.append((line, shown))
+        if shown:
+            history.append((line, shown))
     return 0
 
 

@@ -142,11 +142,10 @@ class KVCache:
         if length <= self.max_len:
             return
         size = max(length, 2 * self.max_len)
-        for name in ("k", "v"):
-            old = getattr(self, name)
-            new = old.new_zeros(*old.shape[:3], size, old.shape[4])
-            new[:, :, :, : self.length] = old[:, :, :, : self.length]
-            setattr(self, name, new)
+        k, v = (old.new_zeros(*old.shape[:3], size, old.shape[4]) for old in (self.k, self.v))
+        k[:, :, :, : self.length] = self.k[:, :, :, : self.length]
+        v[:, :, :, : self.length] = self.v[:, :, :, : self.length]
+        self.k, self.v = k, v  # both or neither, should the copy be interrupted
 
     def crop(self, length: int) -> None:
         """Forget everything after the first `length` positions."""

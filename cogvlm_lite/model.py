@@ -324,6 +324,7 @@ class VisionLanguageModel(nn.Module):
                                       reserve=config.max_new_tokens).input_ids
             shared = self._shared_length(ids)
             cache, done = self._reuse(image_key, ids, shared)
+            self._session = None  # until the prefill is whole: Ctrl-C may stop it midway
             cache.ensure(len(ids) + max(n_image - 1, 0) + config.max_new_tokens)
             # The system prompt and the image are a chunk of their own: how a chunk rounds
             # depends on its length, and their keys and values serve every later question.

@@ -130,6 +130,45 @@ def test_chat_zoom_prints_the_answer_found_again_on_a_crop(zoom, tmp_path, monke
         assert len(lines) == 1 and len(stand_in.asked) == 1
 
 
+class Interrupted(CropAnswers):
+    """A stand-in whose answer, or whose zoom, is cut short by Ctrl-C."""
+
+    def __init__(self, during: str):
+        super().__init__()
+        self.during = during
+        self.histories = []
+
+    def stream_chat(self, image, query, history=(), **options):
+        self.histories.append(list(history))
+        yield "The frog"
+        if self.during == "answer" and len(self.histories) == 1:
+            raise KeyboardInterrupt
+        yield "The frog [[500,500,600,600]]."
+
+    def chat(self, image, query, history=(), **options):
+        if self.during == "zoom":
+            raise KeyboardInterrupt
+        return super().chat(image, query, history, **options)
+
+
+@pytest.mark.parametrize("during", ["answer", "zoom"])
+def test_chat_ctrl_c_keeps_what_was_answered(during, tmp_path, monkeypatch, capsys):
+    from cogvlm_lite import cli as cli_module
+    from cogvlm_lite import model as model_module
+
+    Image.new("RGB", (400, 300)).save(tmp_path / "pond.png")
+    stand_in = Interrupted(during)
+    monkeypatch.setattr(model_module, "load_model", lambda *args, **kwargs: stand_in)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Where is the frog?\nAnd now?\n"))
+    assert cli_module.main(["chat", "--zoom", "--image", str(tmp_path / "pond.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    kept = "The frog" if during == "answer" else "The frog [[500,500,600,600]]."
+    assert lines[0] == kept + (" (stopped)" if during == "answer" else "")
+    if during == "zoom":
+        assert lines[1] == "(zoom stopped; the answer above stands)"
+    assert stand_in.histories == [[], [("Where is the frog?", kept)]]
+
+
 def test_chat_with_a_missing_image_fails_clearly(tiny_checkpoint, tmp_path):
     out = cli("chat", "--checkpoint", str(tiny_checkpoint), "--image", str(tmp_path / "nope.png"))
     assert out.returncode == 1
@@ -142,6 +181,38 @@ def test_default_chat_cli_answers(tmp_path):
               stdin="What is the capital of France? Answer briefly.\n")
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout
+
+
+@pytest.mark.weights
+def test_ctrl_c_stops_a_chat_answer_and_the_chat_goes_on():
+    import os
+    import signal
+    import threading
+
+    chat = subprocess.Popen([sys.executable, "-m", "cogvlm_lite", "chat", "--max-new-tokens", "400",
+                             "--device", "cpu", "--decode", "fp32"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=0)
+    out = ""
+    timer = threading.Timer(300, chat.kill)
+    timer.start()
+    try:
+        chat.stdin.write("Tell me a very long story about a dragon and a knight.\n")
+        chat.stdin.flush()
+        while len(out.split()) < 8 and chat.poll() is None:  # the story is under way
+            out += chat.stdout.read(1)
+        os.kill(chat.pid, signal.SIGINT)
+        stopped = ""
+        while "(stopped)" not in stopped and (c := chat.stdout.read(1)):
+            stopped += c
+        chat.stdin.write("What is the capital of France? Answer briefly.\n")
+        chat.stdin.close()
+        rest = chat.stdout.read()
+        assert chat.wait() == 0, chat.stderr.read()
+    finally:
+        timer.cancel()
+    story = (out + stopped).split("(stopped)")[0].strip()
+    assert 8 <= len(story.split()) < 300, story  # far fewer than 400 tokens' worth
+    assert "Paris" in rest and "Traceback" not in chat.stderr.read()
 
 
 @pytest.mark.weights

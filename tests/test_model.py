@@ -153,6 +153,38 @@ def test_a_new_question_reuses_only_the_system_prompt_and_image(tiny_model, monk
     assert lengths[-1] <= len(longer) - len(ids["Where is the cat?"])
 
 
+def test_an_answer_interrupted_anywhere_leaves_no_stale_cache(tiny_model, monkeypatch):
+    """Ctrl-C may land in the middle of a prefill, after the cache was reused and written to: the
+    conversation that goes on afterwards must not reuse keys and values of the lost question."""
+    im, kwargs = image(3), dict(max_new_tokens=8)
+
+    def keys_and_values():
+        cache = tiny_model._session["cache"]
+        return torch.cat([cache.k[..., : cache.length, :], cache.v[..., : cache.length, :]])
+
+    first = tiny_model.chat(im, "Where is the dog?", **kwargs)
+    history = [("Where is the dog?", first)]
+    tiny_model.reset()
+    tiny_model.chat(im, "How many cats are there?", history, **kwargs)
+    expected = keys_and_values()
+    tiny_model.reset()
+    tiny_model.chat(im, "Where is the dog?", **kwargs)
+    hidden_states = tiny_model.hidden_states
+
+    def interrupted(inputs, cache=None, weights=None):
+        hidden = hidden_states(inputs, cache=cache, weights=weights)
+        if inputs.embeds.shape[1] > 1 and cache.length > tiny_model.adapter.num_tokens:
+            raise KeyboardInterrupt  # the question's keys and values are written
+        return hidden
+
+    monkeypatch.setattr(tiny_model, "hidden_states", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_model.chat(im, "Describe the image in every detail, please.", **kwargs)
+    monkeypatch.setattr(tiny_model, "hidden_states", hidden_states)
+    tiny_model.chat(im, "How many cats are there?", history, **kwargs)
+    assert torch.allclose(keys_and_values(), expected, atol=1e-4)
+
+
 def test_sampling_is_reproducible_with_a_seed(tiny_model):
     kwargs = dict(temperature=1.0, top_p=0.9, top_k=50, seed=3, max_new_tokens=10)
     a = tiny_model.chat(image(), "Describe the image.", **kwargs)
