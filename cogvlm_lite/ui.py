@@ -301,11 +301,9 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
             if completed and zoom and session.image is not None:
                 looks = looking_again(model, session.image, question, text, **options)
                 zoomed = text
-                if parse_groundings(text) or parse_groundings(question):
-                    yield gr.skip(), gr.skip(), looking_note(0)
-                for n in itertools.count(1):
+                for n in itertools.count():
                     try:
-                        next(looks)
+                        next(looks)  # a pause before the next look
                     except StopIteration as end:
                         zoomed = end.value
                         break

@@ -24,8 +24,8 @@ group, and one under `SMALL` of the image, on its crop; a group's only box from 
 lone reply's is. Points, boxes whose phrase names nothing, and looks whose answer holds no
 single box (or, for a region, any box) are left alone.
 
-`looking_again` is `zoom_in` one look at a time: it pauses after each of the model's answers,
-so a caller can stop between looks (the browser UI's Stop).
+`looking_again` is `zoom_in` one look at a time: it pauses before each question it asks the
+model, so a caller knows a look is coming and can stop between looks (the browser UI's Stop).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ CONTEXT = 3.0  # the crop's side, in the box's longer side
 MIN_CROP = 0.4  # the crop's smallest side, in the image's shorter side
 
 T = TypeVar("T")
-Looks = Generator[None, None, T]  # pauses (yields None) after each answer; returns a T
+Looks = Generator[None, None, T]  # pauses (yields None) before each answer; returns a T
 
 
 def run_looks(looks: Looks[T], stop: Callable[[], bool] | None = None) -> T | None:
@@ -75,10 +75,9 @@ def run_looks(looks: Looks[T], stop: Callable[[], bool] | None = None) -> T | No
 
 
 def answer(model, image: Image.Image, question: str, **generation) -> Looks[str]:
-    """`model`'s answer to `question` about `image`, asked alone; then a pause."""
-    text = model.chat(image, question, history=[], **generation)
+    """A pause; then `model`'s answer to `question` about `image`, asked alone."""
     yield
-    return text
+    return model.chat(image, question, history=[], **generation)
 
 
 def crop_around(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
@@ -143,7 +142,7 @@ def ask_on_region_crop(model, image, question: str, **generation) -> str | None:
 
 
 def region_look(model, image, question: str, **generation) -> Looks[str | None]:
-    """`ask_on_region_crop`, pausing after the crop's answer."""
+    """`ask_on_region_crop`, pausing before the crop's answer."""
     regions = parse_groundings(question)
     if len(regions) != 1 or not _one_small_box(regions[0]):
         return None
@@ -169,7 +168,8 @@ def zoom_in(model, image, question: str, reply: str, **generation) -> str:
 
 
 def looking_again(model, image, question: str, reply: str, **generation) -> Looks[str]:
-    """`zoom_in`, pausing after each of the model's answers: closed at a pause, it asks no more."""
+    """`zoom_in`, pausing before each of the model's answers: closed at a pause, it asks no
+    more; it does not pause at all where there is nothing to look at again."""
     if parse_groundings(question):
         text = yield from region_look(model, image, question, **generation)
         return reply if text is None else text

@@ -93,24 +93,37 @@ def test_zoom_in_looks_again_at_every_box_of_a_description_by_its_thing():
         ((120, 120), "Is there an apple in the image?"), *2 * [((120, 120), "Where is the apple?")]]
 
 
-def test_looking_again_pauses_after_each_answer_and_asks_no_more_once_closed():
+def test_looking_again_pauses_before_each_answer_and_asks_no_more_once_closed():
     image = Image.new("RGB", (400, 300))
     whole = zoom_in(CheckingModel("[[250,250,750,750]]"), image, "Describe.", DESCRIPTION)
     model = CheckingModel("[[250,250,750,750]]")
     looks = looking_again(model, image, "Describe.", DESCRIPTION)
-    for asked in range(1, 15):  # 14 answers: the tree's 2, the frog's, each cat's and the apple's 3
+    for asked in range(14):  # 14 answers: the tree's 2, the frog's, each cat's and the apple's 3
         next(looks)
         assert len(model.asked) == asked
     with pytest.raises(StopIteration) as end:
         next(looks)
-    assert end.value.value == whole
+    assert len(model.asked) == 14 and end.value.value == whole
     looks = looking_again(model, image, "Describe.", DESCRIPTION)
     next(looks), next(looks)
     looks.close()  # as the UI's Stop does between two looks
-    assert len(model.asked) == 14 + 2
+    assert len(model.asked) == 14 + 1
     looks = looking_again(model, image, "Describe.", DESCRIPTION)
-    assert run_looks(looks, stop=lambda: len(model.asked) == 16 + 3) is None  # as the API's does
-    assert len(model.asked) == 16 + 3
+    assert run_looks(looks, stop=lambda: len(model.asked) == 15 + 3) is None  # as the API's does
+    assert len(model.asked) == 15 + 3
+
+
+@pytest.mark.parametrize("question, reply", [
+    ("Describe.", "It is [[100,100,900,900]] and there [[000,000,050,050]]."),  # nothing named
+    ("What is in [[000,000,800,800]]?", "A tree."),  # a region too large to crop
+    ("Describe.", "A tree and a frog."),  # no boxes
+])
+def test_looking_again_does_not_pause_where_there_is_nothing_to_look_at(question, reply):
+    model = CheckingModel("[[250,250,750,750]]")
+    looks = looking_again(model, Image.new("RGB", (400, 300)), question, reply)
+    with pytest.raises(StopIteration) as end:
+        next(looks)
+    assert end.value.value == reply and model.asked == []
 
 
 def test_zoom_in_drops_a_description_box_whose_crop_shows_no_such_thing():
