@@ -117,6 +117,12 @@ def test_cached_multi_turn_equals_recomputing(tiny_model):
     assert list(tiny_model.stream_chat(im, "Where is the dog?", **kwargs))[-1] == first
 
 
+def cached_keys_and_values(model) -> torch.Tensor:
+    """A copy of the filled part of the cached conversation's keys and values."""
+    cache = model._session["cache"]
+    return torch.cat([cache.k[..., : cache.length, :], cache.v[..., : cache.length, :]])
+
+
 def test_a_new_question_reuses_only_the_system_prompt_and_image(tiny_model, monkeypatch):
     """They are prefilled as a chunk of their own, so a question's prefill, and its answer, do not
     depend on the questions asked before about the same image (a chunk's rounding depends on its
@@ -137,13 +143,10 @@ def test_a_new_question_reuses_only_the_system_prompt_and_image(tiny_model, monk
     rest = {q: len(v) - v.index(IMAGE_TOKEN_ID) - 1 for q, v in ids.items()}
     tiny_model.chat(im, "Where is the dog?", **kwargs)
     after = tiny_model.chat(im, "Where is the cat?", **kwargs)
-    cache = tiny_model._session["cache"]
-    kv = [cache.k[..., : cache.length, :].clone(), cache.v[..., : cache.length, :].clone()]
+    kv = cached_keys_and_values(tiny_model)
     tiny_model.reset()
     assert tiny_model.chat(im, "Where is the cat?", **kwargs) == after
-    cache = tiny_model._session["cache"]
-    assert torch.equal(kv[0], cache.k[..., : cache.length, :])
-    assert torch.equal(kv[1], cache.v[..., : cache.length, :])
+    assert torch.equal(kv, cached_keys_and_values(tiny_model))
     assert lengths == [shared, rest["Where is the dog?"], rest["Where is the cat?"],
                        shared, rest["Where is the cat?"]]
     history = [("Where is the cat?", after)]
@@ -157,16 +160,11 @@ def test_an_answer_interrupted_anywhere_leaves_no_stale_cache(tiny_model, monkey
     """Ctrl-C may land in the middle of a prefill, after the cache was reused and written to: the
     conversation that goes on afterwards must not reuse keys and values of the lost question."""
     im, kwargs = image(3), dict(max_new_tokens=8)
-
-    def keys_and_values():
-        cache = tiny_model._session["cache"]
-        return torch.cat([cache.k[..., : cache.length, :], cache.v[..., : cache.length, :]])
-
     first = tiny_model.chat(im, "Where is the dog?", **kwargs)
     history = [("Where is the dog?", first)]
     tiny_model.reset()
     tiny_model.chat(im, "How many cats are there?", history, **kwargs)
-    expected = keys_and_values()
+    expected = cached_keys_and_values(tiny_model)
     tiny_model.reset()
     tiny_model.chat(im, "Where is the dog?", **kwargs)
     hidden_states = tiny_model.hidden_states
@@ -182,7 +180,7 @@ def test_an_answer_interrupted_anywhere_leaves_no_stale_cache(tiny_model, monkey
         tiny_model.chat(im, "Describe the image in every detail, please.", **kwargs)
     monkeypatch.setattr(tiny_model, "hidden_states", hidden_states)
     tiny_model.chat(im, "How many cats are there?", history, **kwargs)
-    assert torch.allclose(keys_and_values(), expected, atol=1e-4)
+    assert torch.allclose(cached_keys_and_values(tiny_model), expected, atol=1e-4)
 
 
 def test_sampling_is_reproducible_with_a_seed(tiny_model):
