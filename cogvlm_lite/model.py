@@ -30,7 +30,7 @@ from .decoder import Decoder, num_params
 from .expert import ExpertConfig, Route, add_visual_experts, shrink_experts
 from .fastdecode import FORMATS, FastDecoder, onednn_bf16
 from .generation import GenerationConfig, decode_tokens
-from .grounding import parse_groundings
+from .grounding import parse_groundings, regions_before_punctuation
 from .images import load_image
 from .vision import ImageEncoder, VisionConfig
 from .weights import default_lm_dir
@@ -283,10 +283,14 @@ class VisionLanguageModel(nn.Module):
 
         Keyword arguments are `GenerationConfig` fields (temperature, top_p, top_k,
         repetition_penalty, max_new_tokens, seed). The KV cache of the image and the earlier
-        turns is kept and reused while the next turn extends the same conversation.
+        turns is kept and reused while the next turn extends the same conversation. With an
+        image, a region typed after a question's final punctuation is read before it.
         """
         config = GenerationConfig(**generation)
         messages = as_messages(history, query, system or self.config.system_prompt)
+        if image is not None:
+            messages = [{**m, "content": regions_before_punctuation(m["content"])}
+                        if m["role"] == "user" else m for m in messages]
         with self._lock:
             yield from self._stream(image, messages, config)
 

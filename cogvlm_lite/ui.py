@@ -27,6 +27,7 @@ from .grounding import (
     format_point,
     parse_boxes,
     parse_groundings,
+    regions_before_punctuation,
     strip_groundings,
 )
 from .images import MAX_BYTES, ImageError, load_image
@@ -115,10 +116,7 @@ def with_region(question: str, region: str | None) -> str:
     """Put `region` into `question`: before its final punctuation, or at the end."""
     if not region or "[[" in question:
         return question
-    question = question.strip()
-    if question and question[-1] in "?.!":
-        return f"{question[:-1].rstrip()} {region}{question[-1]}"
-    return f"{question} {region}"
+    return regions_before_punctuation(f"{question.strip()} {region}")
 
 
 def render_question(question: str) -> str:

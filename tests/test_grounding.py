@@ -14,6 +14,7 @@ from cogvlm_lite.grounding import (
     merge_boxes,
     parse_boxes,
     parse_groundings,
+    regions_before_punctuation,
     strip_groundings,
     to_grid,
     to_pixels,
@@ -138,6 +139,19 @@ def test_partially_bad_groups_keep_good_members():
     assert parse_boxes("[[[1,2,3,4]]]") == [(0.001, 0.002, 0.003, 0.004)]
     assert parse_boxes("[[1,2,[[5,6,7,8]]") == [(0.005, 0.006, 0.007, 0.008)]
     assert parse_boxes("[[99999999999999999999999,0,0,0]]") == [(0.0, 0.0, 0.999, 0.0)]
+
+
+@pytest.mark.parametrize("question, expected", [
+    ("What is this? [[100,200,300,400]]", "What is this [[100,200,300,400]]?"),
+    ("What is this?[[100,200]]", "What is this [[100,200]]?"),
+    ("Name it. [[1,2,3,4]] [[5,6]] ", "Name it [[1,2,3,4]] [[5,6]]."),
+    ("What is in [[100,200,300,400]]?", "What is in [[100,200,300,400]]?"),
+    ("What is this [[100,200]]", "What is this [[100,200]]"),
+    ("Where is the dog?", "Where is the dog?"),
+    ("? [[100,200]]", "? [[100,200]]"),
+])
+def test_regions_after_the_final_punctuation_move_before_it(question, expected):
+    assert regions_before_punctuation(question) == expected
 
 
 def test_iou():
