@@ -213,12 +213,20 @@ def run_chat(args) -> int:
         image = load_image(args.image)
     if interactive:
         print("Type a message. Commands: 'image PATH' switches image, 'clear' starts over, "
-              "'exit' quits. Ctrl-C stops an answer.")
+              "'exit' (or Ctrl-D) quits. Ctrl-C stops an answer.")
     while True:
         if interactive:
             print("> ", end="", flush=True)
-        line = sys.stdin.readline()
+        try:
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:
+            if not interactive:
+                raise
+            print("\n(Ctrl-D or 'exit' quits)")  # a Ctrl-C meant for an answer loses nothing
+            continue
         if not line:
+            if interactive:
+                print()
             break
         line = line.strip()
         if not line:

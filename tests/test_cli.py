@@ -169,6 +169,42 @@ def test_chat_ctrl_c_keeps_what_was_answered(during, tmp_path, monkeypatch, caps
     assert stand_in.histories == [[], [("Where is the frog?", kept)]]
 
 
+class TypedInput:
+    """Lines typed at a terminal (or piped, `tty=False`); KeyboardInterrupt is a Ctrl-C."""
+
+    def __init__(self, *lines, tty: bool = True):
+        self.lines, self.tty = list(lines), tty
+
+    def isatty(self):
+        return self.tty
+
+    def readline(self):
+        line = self.lines.pop(0) if self.lines else ""
+        if line is KeyboardInterrupt:
+            raise KeyboardInterrupt
+        return line
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_chat_ctrl_c_at_the_prompt(tty, tmp_path, monkeypatch, capsys):
+    """At a terminal it keeps the conversation and says how to quit; piped, it quits."""
+    from cogvlm_lite import cli as cli_module
+    from cogvlm_lite import model as model_module
+
+    Image.new("RGB", (400, 300)).save(tmp_path / "pond.png")
+    stand_in = Interrupted("never")
+    monkeypatch.setattr(model_module, "load_model", lambda *args, **kwargs: stand_in)
+    monkeypatch.setattr(sys, "stdin", TypedInput("Where is the frog?\n", KeyboardInterrupt,
+                                                 "And now?\n", tty=tty))
+    code = cli_module.main(["chat", "--image", str(tmp_path / "pond.png")])
+    out = capsys.readouterr().out
+    if tty:
+        assert code == 0 and "(Ctrl-D or 'exit' quits)" in out and out.endswith("\n")
+        assert stand_in.histories == [[], [("Where is the frog?", "The frog [[500,500,600,600]].")]]
+    else:
+        assert code == 130 and stand_in.histories == [[]]
+
+
 def test_chat_with_a_missing_image_fails_clearly(tiny_checkpoint, tmp_path):
     out = cli("chat", "--checkpoint", str(tiny_checkpoint), "--image", str(tmp_path / "nope.png"))
     assert out.returncode == 1
