@@ -59,6 +59,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                         "backgrounds, some pictures in grey or turned hues; unseen: objects "
                         "drawn in styles and on photographs that training scenes never use (to "
                         "test robustness to new looks)")
+    p.add_argument("--typing", choices=("exact", "loose"), default="exact",
+                   help="loose: about half the questions typed as people often type them: "
+                        "without the final punctuation, in lower case, or both (the same "
+                        "scenes, questions and answers otherwise)")
     p.add_argument("--counting", action="store_true",
                    help="also write train-count.jsonl: train.jsonl with one more conversation a "
                         "scene that only counts its objects")
@@ -281,7 +285,7 @@ def run_scenes(args) -> int:
     summary = write_dataset(args.out, args.n, args.seed, image_size=args.image_size,
                             force=args.force, workers=args.workers, wording=args.wording,
                             style=args.style, counting=args.counting,
-                            locating=args.locating)
+                            locating=args.locating, typing=args.typing)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

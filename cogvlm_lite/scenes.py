@@ -869,6 +869,23 @@ VARIED_WORDINGS: dict[tuple[str, ...], tuple[str, ...]] = {
     ),
 }
 WORDINGS = ("trained", "varied", "unseen")
+TYPINGS = ("exact", "loose")
+
+
+def typed_loosely(text: str, rng: np.random.Generator) -> str:
+    """`text` as people often type a question, half the time: without its final punctuation
+    (a quarter of the time), in lower case (an eighth) or both (an eighth)."""
+    draw = rng.random()
+    if draw < 0.375:
+        text = text.rstrip("?.!")
+    if 0.25 <= draw < 0.5:
+        text = text.lower()
+    return text
+
+
+def retyped(messages: list[dict], typist: Callable[[str], str]) -> list[dict]:
+    """`messages` with each user turn's text passed through `typist`."""
+    return [{**m, "content": typist(m["content"])} if m["role"] == "user" else m for m in messages]
 
 QA = tuple[str, str]
 
@@ -1181,7 +1198,8 @@ EXTRAS = {"count": ("count", _counting_turns), "locate": ("rec", _locating_turns
 
 
 def with_extras(
-    conversations: list[dict], extras: Sequence[str] = ("count",), seed: int = EXTRAS_SEED
+    conversations: list[dict], extras: Sequence[str] = ("count",), seed: int = EXTRAS_SEED,
+    typist: Callable[[str], str] | None = None,
 ) -> list[dict]:
     """`conversations` plus, for each scene, one more conversation per name in `extras`; shuffled.
 
@@ -1189,7 +1207,8 @@ def with_extras(
     more), how many of each repeated class and of one class seen once; ``"locate"`` asks where
     every class is and answers with all its boxes. Counting and finding each object are what a
     scene's few mixed turns teach least. Scenes are told apart by their ``image``, and their
-    objects come from the records' ``objects``.
+    objects come from the records' ``objects``. `typist` retypes each new conversation's
+    questions (`write_dataset`'s loose typing).
     """
     unknown = [name for name in extras if name not in EXTRAS]
     if unknown:
@@ -1203,6 +1222,8 @@ def with_extras(
         for name in extras:
             kind, turns = EXTRAS[name]
             messages = turns(record["objects"], rng)
+            if messages and typist:
+                messages = retyped(messages, typist)
             if messages:
                 extra.append({"image": record["image"], "messages": messages, "kind": kind,
                               "objects": record["objects"]})
@@ -1272,7 +1293,7 @@ def _write_scene(out: Path, i: int, seed: int, image_size: int, wording: str,
 def write_dataset(
     out: str | Path, n: int, seed: int = 0, *, image_size: int = 256, force: bool = False,
     workers: int = 1, wording: str = "trained", style: str = "trained", counting: bool = False,
-    locating: bool = False,
+    locating: bool = False, typing: str = "exact",
 ) -> dict:
     """Write `n` scenes into `out`: ``images/``, ``train.jsonl`` and ``questions.jsonl``.
 
@@ -1290,7 +1311,8 @@ def write_dataset(
     other scenes, to test robustness to new looks. `counting` also writes ``train-count.jsonl``:
     ``train.jsonl`` with one more conversation a scene that only counts; `locating` one that
     asks where each object is (``train-locate.jsonl``; both: ``train-count-locate.jsonl``; see
-    `with_extras`).
+    `with_extras`). `typing="loose"` types about half the questions as people do (`typed_loosely`:
+    no final punctuation, lower case, or both), the same scenes, questions and answers otherwise.
     Returns a summary: paths and counts per task type.
     """
     if n < 1:
@@ -1299,6 +1321,8 @@ def write_dataset(
         raise ValueError(f"wording must be one of {WORDINGS}, not {wording!r}")
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, not {style!r}")
+    if typing not in TYPINGS:
+        raise ValueError(f"typing must be one of {TYPINGS}, not {typing!r}")
     extras = [name for name, wanted in (("count", counting), ("locate", locating)) if wanted]
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -1320,17 +1344,23 @@ def write_dataset(
     written: list[dict] = []
     kinds: Counter[str] = Counter()
     types: Counter[str] = Counter()
+    typist = (functools.partial(typed_loosely, rng=np.random.default_rng([seed, 3]))
+              if typing == "loose" else None)
     try:
         with _scene_map(workers) as map_:
             draw = functools.partial(_write_scene, out, seed=seed, image_size=image_size,
                                      wording=wording, style=style)
             for conversations, items in map_(draw, range(n)):
                 for record in conversations:
+                    if typist:
+                        record["messages"] = retyped(record["messages"], typist)
                     kinds[record["kind"]] += 1
                     train.write(record)
                 if extras:
                     written += conversations
                 for item in items:
+                    if typist:
+                        item["question"] = typist(item["question"])
                     types[item["type"]] += 1
                     questions.write(item)
     except BaseException:
@@ -1345,7 +1375,7 @@ def write_dataset(
             (out / name).unlink(missing_ok=True)
     if extras:
         lines = _AtomicLines(extended)
-        for record in with_extras(written, extras):
+        for record in with_extras(written, extras, typist=typist):
             lines.write(record)
         lines.commit()
     (out / "ATTRIBUTION.txt").write_text(ATTRIBUTION + "\n", encoding="utf-8")

@@ -233,6 +233,45 @@ def test_varied_wording_adds_training_phrasings_and_none_of_the_unseen(tmp_path,
         assert not any(p.fullmatch(question) for p in never), question
 
 
+def test_loose_typing_drops_final_punctuation_or_capitals_and_nothing_else(tmp_path, dataset):
+    trained_dir, trained = dataset
+    loose_dir = tmp_path / "loose"
+    loose = write_dataset(loose_dir, 20, seed=0, typing="loose", counting=True)
+    assert loose["question_types"] == trained["question_types"]
+    assert _files(loose_dir)["images/000007.png"] == _files(trained_dir)["images/000007.png"]
+
+    def turns(path: Path) -> list[tuple[str, str]]:
+        """Every (role, text): the VQA items' questions and answers, then every message."""
+        pairs = [("user", q["question"]) for q in _read_jsonl(path / "questions.jsonl")]
+        pairs += [("assistant", q["answer"]) for q in _read_jsonl(path / "questions.jsonl")]
+        for conversation in _read_jsonl(path / "train.jsonl"):
+            pairs += [(m["role"], m["content"]) for m in conversation["messages"]]
+        return pairs
+
+    old, new = turns(trained_dir), turns(loose_dir)
+    assert len(new) == len(old)
+    changed = Counter()
+    for (role, was), (_, typed) in zip(old, new, strict=True):
+        if role == "assistant" or typed == was:
+            assert typed == was
+            continue
+        bare = was.rstrip("?.!")
+        kind = {bare: "unpunctuated", was.lower(): "lower case", bare.lower(): "both"}[typed]
+        changed[kind] += 1
+    users = sum(role == "user" for role, _ in old)
+    assert 0.35 < sum(changed.values()) / users < 0.65, (changed, users)  # about half
+    assert min(changed.values()) > users / 20 and len(changed) == 3, changed
+    # The conversations that only count are typed loosely too; the others as in train.jsonl.
+    base = {json.dumps(r["messages"]) for r in _read_jsonl(loose_dir / "train.jsonl")}
+    extended = _read_jsonl(loose_dir / "train-count.jsonl")
+    extra = [r for r in extended if json.dumps(r["messages"]) not in base]
+    assert len(extra) == len(extended) - len(base)
+    questions = [m["content"] for r in extra for m in r["messages"] if m["role"] == "user"]
+    assert any(not q.endswith(("?", ".")) or q[0].islower() for q in questions)
+    with pytest.raises(ValueError, match="typing"):
+        write_dataset(tmp_path / "bad", 1, typing="sloppy")
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_restyled_glyph_keeps_its_shape_in_new_colours(seed):
     colourful = [c for c in vocabulary() if c.name in ("tomato", "banana", "frog", "strawberry",
