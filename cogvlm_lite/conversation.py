@@ -10,7 +10,7 @@ and the current question never are.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 IMAGE_TOKEN_ID = -200  # placeholder id for the image, as LLaVA uses
@@ -40,6 +40,11 @@ def as_messages(history, query: str | None = None, system: str | None = None) ->
     if query is not None:
         messages.append({"role": "user", "content": query})
     return messages
+
+
+def map_questions(messages: Sequence[Message], change: Callable[[str], str]) -> list[Message]:
+    """`messages` with each user turn's text replaced by `change(text)`."""
+    return [{**m, "content": change(m["content"])} if m["role"] == "user" else m for m in messages]
 
 
 class ConversationBuilder:

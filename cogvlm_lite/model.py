@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .adapter import Adapter, AdapterConfig, resize_positions
-from .conversation import IGNORE, IMAGE_TOKEN_ID, ConversationBuilder, as_messages
+from .conversation import IGNORE, IMAGE_TOKEN_ID, ConversationBuilder, as_messages, map_questions
 from .decoder import Decoder, num_params
 from .expert import ExpertConfig, Route, add_visual_experts, shrink_experts
 from .fastdecode import FORMATS, FastDecoder, onednn_bf16
@@ -289,8 +289,7 @@ class VisionLanguageModel(nn.Module):
         config = GenerationConfig(**generation)
         messages = as_messages(history, query, system or self.config.system_prompt)
         if image is not None:
-            messages = [{**m, "content": regions_before_punctuation(m["content"])}
-                        if m["role"] == "user" else m for m in messages]
+            messages = map_questions(messages, regions_before_punctuation)
         with self._lock:
             yield from self._stream(image, messages, config)
 

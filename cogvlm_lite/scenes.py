@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 from scipy import ndimage
 
+from cogvlm_lite.conversation import map_questions
 from cogvlm_lite.grounding import (
     Box,
     box_area,
@@ -882,11 +883,6 @@ def typed_loosely(text: str, rng: np.random.Generator) -> str:
         text = text.lower()
     return text
 
-
-def retyped(messages: list[dict], typist: Callable[[str], str]) -> list[dict]:
-    """`messages` with each user turn's text passed through `typist`."""
-    return [{**m, "content": typist(m["content"])} if m["role"] == "user" else m for m in messages]
-
 QA = tuple[str, str]
 
 
@@ -1223,7 +1219,7 @@ def with_extras(
             kind, turns = EXTRAS[name]
             messages = turns(record["objects"], rng)
             if messages and typist:
-                messages = retyped(messages, typist)
+                messages = map_questions(messages, typist)
             if messages:
                 extra.append({"image": record["image"], "messages": messages, "kind": kind,
                               "objects": record["objects"]})
@@ -1353,7 +1349,7 @@ def write_dataset(
             for conversations, items in map_(draw, range(n)):
                 for record in conversations:
                     if typist:
-                        record["messages"] = retyped(record["messages"], typist)
+                        record["messages"] = map_questions(record["messages"], typist)
                     kinds[record["kind"]] += 1
                     train.write(record)
                 if extras:
