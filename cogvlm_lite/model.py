@@ -284,12 +284,13 @@ class VisionLanguageModel(nn.Module):
         Keyword arguments are `GenerationConfig` fields (temperature, top_p, top_k,
         repetition_penalty, max_new_tokens, seed). The KV cache of the image and the earlier
         turns is kept and reused while the next turn extends the same conversation. With an
-        image, a region typed after a question's final punctuation is read before it.
+        image, questions are read as the model learned them: without surrounding spaces or line
+        breaks, and with a region typed after the final punctuation before it.
         """
         config = GenerationConfig(**generation)
         messages = as_messages(history, query, system or self.config.system_prompt)
         if image is not None:
-            messages = map_questions(messages, regions_before_punctuation)
+            messages = map_questions(messages, lambda q: regions_before_punctuation(q.strip()))
         with self._lock:
             yield from self._stream(image, messages, config)
 

@@ -117,8 +117,8 @@ def test_cached_multi_turn_equals_recomputing(tiny_model):
     assert list(tiny_model.stream_chat(im, "Where is the dog?", **kwargs))[-1] == first
 
 
-def test_a_region_after_the_question_mark_is_read_before_it(tiny_model, monkeypatch):
-    """The model learned regions inside questions; text-only turns stay as they are typed."""
+def test_questions_about_an_image_are_read_as_trained(tiny_model, monkeypatch):
+    """No trailing line break, regions inside the question; text-only turns stay as typed."""
     seen, encode = [], tiny_model.builder.encode
 
     def spy(messages, **kwargs):
@@ -127,11 +127,11 @@ def test_a_region_after_the_question_mark_is_read_before_it(tiny_model, monkeypa
 
     monkeypatch.setattr(tiny_model.builder, "encode", spy)
     history = [("What is this? [[100,200]]", "A cat. [[1,2]]")]
-    tiny_model.chat(image(), "And this? [[300,400,500,600]]", history, max_new_tokens=2)
-    tiny_model.chat(None, "Hello? [[1,2]]", max_new_tokens=2)
+    tiny_model.chat(image(), "  Is there a cat?\n", history, max_new_tokens=2)
+    tiny_model.chat(None, "Hello? [[1,2]]\n", max_new_tokens=2)
     assert seen[0][-3:] == ["What is this [[100,200]]?", "A cat. [[1,2]]",
-                            "And this [[300,400,500,600]]?"]
-    assert seen[1][-1] == "Hello? [[1,2]]"
+                            "Is there a cat?"]
+    assert seen[1][-1] == "Hello? [[1,2]]\n"
 
 
 def cached_keys_and_values(model) -> torch.Tensor:
