@@ -1218,11 +1218,12 @@ def with_extras(
         for name in extras:
             kind, turns = EXTRAS[name]
             messages = turns(record["objects"], rng)
-            if messages and typist:
+            if not messages:
+                continue
+            if typist:
                 messages = map_questions(messages, typist)
-            if messages:
-                extra.append({"image": record["image"], "messages": messages, "kind": kind,
-                              "objects": record["objects"]})
+            extra.append({"image": record["image"], "messages": messages, "kind": kind,
+                          "objects": record["objects"]})
     records = [*conversations, *extra]
     rng.shuffle(records)
     return records

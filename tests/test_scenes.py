@@ -242,8 +242,8 @@ def test_loose_typing_drops_final_punctuation_or_capitals_and_nothing_else(tmp_p
 
     def turns(path: Path) -> list[tuple[str, str]]:
         """Every (role, text): the VQA items' questions and answers, then every message."""
-        pairs = [("user", q["question"]) for q in _read_jsonl(path / "questions.jsonl")]
-        pairs += [("assistant", q["answer"]) for q in _read_jsonl(path / "questions.jsonl")]
+        items = _read_jsonl(path / "questions.jsonl")
+        pairs = [("user", q["question"]) for q in items] + [("assistant", q["answer"]) for q in items]
         for conversation in _read_jsonl(path / "train.jsonl"):
             pairs += [(m["role"], m["content"]) for m in conversation["messages"]]
         return pairs
