@@ -10,14 +10,26 @@ and the current question never are.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from .grounding import regions_before_punctuation
 
 IMAGE_TOKEN_ID = -200  # placeholder id for the image, as LLaVA uses
 IGNORE = -100  # label of a token that carries no loss
 _MARK = "\ue000"  # private-use character marking the image inside the rendered template
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
+
+# The first words of a sentence that asks ("Is there ...", "How many ...", "What's ...").
+_ASKING = frozenset(
+    "what whats what's which where wheres where's how hows how's who whose whom why when "
+    "is are am was were do does did can could would will should shall may might has have had".split()
+)
+_SENTENCES = re.compile(r"(?<=[.?!])\s+")
+_SENTENCE_START = re.compile(r"(^|[.?!]\s+)([a-z])")
+_WORD = re.compile(r"[a-z']+")
 
 
 @dataclass
@@ -40,6 +52,31 @@ def as_messages(history, query: str | None = None, system: str | None = None) ->
     if query is not None:
         messages.append({"role": "user", "content": query})
     return messages
+
+
+def typed_as_trained(question: str) -> str:
+    """`question` about an image, typed as the questions the model learned from.
+
+    Spaces and line breaks around it are dropped, a region typed after its final punctuation is
+    moved before it ("What is this? [[...]]"), a question typed all in lower case gets capitals
+    where its sentences begin (and "I"), and one that ends in a letter, a digit or a region gets
+    the final punctuation it lacks: a question mark where its last sentence asks (it opens with a
+    question word or an auxiliary verb, as "Is there a dog", its second word is "which" or "of",
+    as "In which corner ..." and "Number of cats", or a clause opens with "which", "what",
+    "where" or "how", as "The cat or the dog: which is higher"), else a full stop.
+    """
+    question = regions_before_punctuation(question.strip())
+    if question and (question[-1].isalnum() or question[-1] == "]"):
+        last = _SENTENCES.split(question)[-1].lower()
+        words = _WORD.findall(last)
+        clauses = re.findall(r"[:,;]\s*([a-z]+)", last)
+        asks = bool(words) and (words[0] in _ASKING or words[1:2] in (["which"], ["of"])
+                                or any(w in ("which", "what", "where", "how") for w in clauses))
+        question += "?" if asks else "."
+    if not any(c.isupper() for c in question):
+        question = _SENTENCE_START.sub(lambda m: m[1] + m[2].upper(), question)
+        question = re.sub(r"\bi\b", "I", question)
+    return question
 
 
 def map_questions(messages: Sequence[Message], change: Callable[[str], str]) -> list[Message]:

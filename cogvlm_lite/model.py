@@ -25,12 +25,19 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .adapter import Adapter, AdapterConfig, resize_positions
-from .conversation import IGNORE, IMAGE_TOKEN_ID, ConversationBuilder, as_messages, map_questions
+from .conversation import (
+    IGNORE,
+    IMAGE_TOKEN_ID,
+    ConversationBuilder,
+    as_messages,
+    map_questions,
+    typed_as_trained,
+)
 from .decoder import Decoder, num_params
 from .expert import ExpertConfig, Route, add_visual_experts, shrink_experts
 from .fastdecode import FORMATS, FastDecoder, onednn_bf16
 from .generation import GenerationConfig, decode_tokens
-from .grounding import parse_groundings, regions_before_punctuation
+from .grounding import parse_groundings
 from .images import load_image
 from .vision import ImageEncoder, VisionConfig
 from .weights import default_lm_dir
@@ -284,13 +291,14 @@ class VisionLanguageModel(nn.Module):
         Keyword arguments are `GenerationConfig` fields (temperature, top_p, top_k,
         repetition_penalty, max_new_tokens, seed). The KV cache of the image and the earlier
         turns is kept and reused while the next turn extends the same conversation. With an
-        image, questions are read as the model learned them: without surrounding spaces or line
-        breaks, and with a region typed after the final punctuation before it.
+        image, questions are read as typed in training (`conversation.typed_as_trained`: without
+        surrounding spaces, a region typed after the final punctuation moved before it, capitals
+        and the final punctuation typed where they are missing).
         """
         config = GenerationConfig(**generation)
         messages = as_messages(history, query, system or self.config.system_prompt)
         if image is not None:
-            messages = map_questions(messages, lambda q: regions_before_punctuation(q.strip()))
+            messages = map_questions(messages, typed_as_trained)
         with self._lock:
             yield from self._stream(image, messages, config)
 

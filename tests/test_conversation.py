@@ -4,13 +4,46 @@ import pytest
 import torch
 from tiny import tiny_tokenizer
 
-from cogvlm_lite.conversation import IGNORE, IMAGE_TOKEN_ID, ConversationBuilder, as_messages
+from cogvlm_lite.conversation import (
+    IGNORE,
+    IMAGE_TOKEN_ID,
+    ConversationBuilder,
+    as_messages,
+    typed_as_trained,
+)
 from cogvlm_lite.generation import GenerationConfig, pick_token
 
 
 @pytest.fixture(scope="module")
 def tok():
     return tiny_tokenizer()
+
+
+@pytest.mark.parametrize(("typed", "read"), [
+    ("  Is there a cat?\n", "Is there a cat?"),
+    ("is there a cat in the image", "Is there a cat in the image?"),
+    ("Is there a cat in the image", "Is there a cat in the image?"),
+    ("how many cats are there", "How many cats are there?"),
+    ("find the dog", "Find the dog."),
+    ("where is the cat? answer in [[x0,y0,x1,y1]] format",
+     "Where is the cat? Answer in [[x0,y0,x1,y1]] format."),
+    ("what is this [[100,200,300,400]]", "What is this [[100,200,300,400]]?"),
+    ("What is this? [[100,200,300,400]]", "What is this [[100,200,300,400]]?"),
+    ("the cat or the dog: which is higher", "The cat or the dog: which is higher?"),
+    ("in which part of the picture is the cup", "In which part of the picture is the cup?"),
+    ("number of cats in the image", "Number of cats in the image?"),
+    ("i am looking for the cat: give me its box", "I am looking for the cat: give me its box."),
+    ("whats in the image", "Whats in the image?"),
+    ("Is there an iPhone", "Is there an iPhone?"),  # capitals typed: kept as typed
+    ("Describe the image:", "Describe the image:"),  # ends in other punctuation: kept
+    ("describe it 🙂", "Describe it 🙂"),
+    ("", ""),
+])
+def test_questions_are_read_as_typed_in_training(typed, read):
+    """A question about an image: stripped, a trailing region moved in, sentences capitalised
+    when typed in lower case, and a final question mark or full stop where it has none."""
+    assert typed_as_trained(typed) == read
+    assert typed_as_trained(read) == read
 
 
 def test_prompt_is_the_chat_template(tok):

@@ -118,7 +118,8 @@ def test_cached_multi_turn_equals_recomputing(tiny_model):
 
 
 def test_questions_about_an_image_are_read_as_trained(tiny_model, monkeypatch):
-    """No trailing line break, regions inside the question; text-only turns stay as typed."""
+    """No trailing line break, regions inside the question, capitals and the final question mark
+    typed (`conversation.typed_as_trained`); text-only turns stay as typed."""
     seen, encode = [], tiny_model.builder.encode
 
     def spy(messages, **kwargs):
@@ -127,11 +128,11 @@ def test_questions_about_an_image_are_read_as_trained(tiny_model, monkeypatch):
 
     monkeypatch.setattr(tiny_model.builder, "encode", spy)
     history = [("What is this? [[100,200]]", "A cat. [[1,2]]")]
-    tiny_model.chat(image(), "  Is there a cat?\n", history, max_new_tokens=2)
-    tiny_model.chat(None, "Hello? [[1,2]]\n", max_new_tokens=2)
+    tiny_model.chat(image(), "  is there a cat\n", history, max_new_tokens=2)
+    tiny_model.chat(None, "hello? [[1,2]]\n", max_new_tokens=2)
     assert seen[0][-3:] == ["What is this [[100,200]]?", "A cat. [[1,2]]",
                             "Is there a cat?"]
-    assert seen[1][-1] == "Hello? [[1,2]]\n"
+    assert seen[1][-1] == "hello? [[1,2]]\n"
 
 
 def cached_keys_and_values(model) -> torch.Tensor:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cogvlm_lite.conversation import typed_as_trained
 from cogvlm_lite.grounding import iou, parse_boxes, parse_groundings
 from cogvlm_lite.scenes import (
     BACKGROUNDS,
@@ -258,6 +259,7 @@ def test_loose_typing_drops_final_punctuation_or_capitals_and_nothing_else(tmp_p
         bare = was.rstrip("?.!")
         kind = {bare: "unpunctuated", was.lower(): "lower case", bare.lower(): "both"}[typed]
         changed[kind] += 1
+        assert typed_as_trained(typed) == was  # the model reads it as trained
     users = sum(role == "user" for role, _ in old)
     assert 0.35 < sum(changed.values()) / users < 0.65, (changed, users)  # about half
     assert min(changed.values()) > users / 20 and len(changed) == 3, changed
@@ -270,6 +272,20 @@ def test_loose_typing_drops_final_punctuation_or_capitals_and_nothing_else(tmp_p
     assert any(not q.endswith(("?", ".")) or q[0].islower() for q in questions)
     with pytest.raises(ValueError, match="typing"):
         write_dataset(tmp_path / "bad", 1, typing="sloppy")
+
+
+def test_every_wording_typed_loosely_is_read_as_typed_in_training():
+    """Each question template, trained, varied or unseen, typed without its final punctuation,
+    in lower case or both, is read back as typed (`conversation.typed_as_trained`); the others
+    are parts of questions ("the leftmost {n}")."""
+    templates = {t for wordings in (UNSEEN_WORDINGS, VARIED_WORDINGS)
+                 for old, new in wordings.items() for t in (*old, *new) if t.endswith(("?", "."))}
+    assert len(templates) > 150
+    for template in templates:
+        question = re.sub(r"\{\w\}", "cat", template)
+        bare = question.rstrip("?.!")
+        for typed in (question, bare, question.lower(), bare.lower()):
+            assert typed_as_trained(typed) == question, typed
 
 
 @pytest.mark.parametrize("seed", range(6))
