@@ -63,6 +63,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                    help="loose: about half the questions typed as people often type them: "
                         "without the final punctuation, in lower case, or both (the same "
                         "scenes, questions and answers otherwise)")
+    p.add_argument("--compression", choices=("none", "jpeg", "mixed"), default="none",
+                   help="jpeg: every picture saved as a JPEG file of a quality from 40 to 95, as "
+                        "photos are shared (to test robustness to compression); mixed: half of "
+                        "them, for training (the same scenes, questions and answers otherwise)")
     p.add_argument("--counting", action="store_true",
                    help="also write train-count.jsonl: train.jsonl with one more conversation a "
                         "scene that only counts its objects")
@@ -285,7 +289,8 @@ def run_scenes(args) -> int:
     summary = write_dataset(args.out, args.n, args.seed, image_size=args.image_size,
                             force=args.force, workers=args.workers, wording=args.wording,
                             style=args.style, counting=args.counting,
-                            locating=args.locating, typing=args.typing)
+                            locating=args.locating, typing=args.typing,
+                            compression=args.compression)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

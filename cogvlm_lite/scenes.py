@@ -80,7 +80,9 @@ BROAD_PATTERN_RATE = 0.3  # fraction of `broad` scenes drawn on a patterned back
 _DATASET_FILES = ("train.jsonl", "train-count.jsonl", "train-locate.jsonl",
                   "train-count-locate.jsonl", "questions.jsonl", "images")
 EXTRAS_SEED = 5  # the shuffle and wordings of `with_extras` (`write_dataset(counting=, locating=)`)
-_IMAGE_NAME = re.compile(r"[0-9]{6}\.png")
+_IMAGE_NAME = re.compile(r"[0-9]{6}\.(png|jpg)")
+COMPRESSIONS = ("none", "jpeg", "mixed")
+JPEG_QUALITY = (40, 95)  # `compression`'s JPEG pictures: a quality drawn from this range
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -1269,11 +1271,17 @@ class _AtomicLines:
 
 
 def _write_scene(out: Path, i: int, seed: int, image_size: int, wording: str,
-                 style: str = "trained") -> tuple[list[dict], list[dict]]:
+                 style: str = "trained", compression: str = "none") -> tuple[list[dict], list[dict]]:
     """Draw scene `i`, save its image under `out`; its (conversations, questions) records."""
     scene = make_scene(np.random.default_rng([seed, i, 0]), image_size, style=style)
-    image = f"images/{i:06d}.png"
-    scene.image.save(out / image, format="PNG")
+    saving = np.random.default_rng([seed, i, 4])  # its own stream: the same scenes either way
+    if compression == "jpeg" or (compression == "mixed" and saving.random() < 0.5):
+        image = f"images/{i:06d}.jpg"
+        low, high = JPEG_QUALITY
+        scene.image.save(out / image, format="JPEG", quality=int(saving.integers(low, high + 1)))
+    else:
+        image = f"images/{i:06d}.png"
+        scene.image.save(out / image, format="PNG")
     objects = [{"name": o.name, "box": _rounded(o.box)} for o in scene.objects]
     conversations = [
         {"image": image, "messages": conv["messages"], "kind": conv["kind"], "objects": objects}
@@ -1290,7 +1298,7 @@ def _write_scene(out: Path, i: int, seed: int, image_size: int, wording: str,
 def write_dataset(
     out: str | Path, n: int, seed: int = 0, *, image_size: int = 256, force: bool = False,
     workers: int = 1, wording: str = "trained", style: str = "trained", counting: bool = False,
-    locating: bool = False, typing: str = "exact",
+    locating: bool = False, typing: str = "exact", compression: str = "none",
 ) -> dict:
     """Write `n` scenes into `out`: ``images/``, ``train.jsonl`` and ``questions.jsonl``.
 
@@ -1310,7 +1318,10 @@ def write_dataset(
     asks where each object is (``train-locate.jsonl``; both: ``train-count-locate.jsonl``; see
     `with_extras`). `typing="loose"` types about half the questions as people do (`typed_loosely`:
     no final punctuation, lower case, or both), the same scenes, questions and answers otherwise.
-    Returns a summary: paths and counts per task type.
+    `compression="jpeg"` saves every picture as a JPEG file of a quality drawn from
+    `JPEG_QUALITY`, as photos are shared (to test robustness to compression), `"mixed"` half of
+    them (for training); the same scenes, questions and answers otherwise. Returns a summary:
+    paths and counts per task type.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1 scene, got {n}")
@@ -1320,6 +1331,8 @@ def write_dataset(
         raise ValueError(f"style must be one of {STYLES}, not {style!r}")
     if typing not in TYPINGS:
         raise ValueError(f"typing must be one of {TYPINGS}, not {typing!r}")
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {COMPRESSIONS}, not {compression!r}")
     extras = [name for name, wanted in (("count", counting), ("locate", locating)) if wanted]
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -1332,8 +1345,8 @@ def write_dataset(
             "pass force=True (--force on the command line) to overwrite it, or choose another --out"
         )
     images.mkdir(parents=True, exist_ok=True)
-    for stale in images.iterdir():  # images of an earlier, larger data set
-        if _IMAGE_NAME.fullmatch(stale.name) and int(stale.name[:6]) >= n:
+    for stale in images.iterdir():  # an earlier data set's pictures
+        if _IMAGE_NAME.fullmatch(stale.name):
             stale.unlink()
 
     train = _AtomicLines(out / "train.jsonl")
@@ -1346,7 +1359,7 @@ def write_dataset(
     try:
         with _scene_map(workers) as map_:
             draw = functools.partial(_write_scene, out, seed=seed, image_size=image_size,
-                                     wording=wording, style=style)
+                                     wording=wording, style=style, compression=compression)
             for conversations, items in map_(draw, range(n)):
                 for record in conversations:
                     if typist:

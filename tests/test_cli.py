@@ -56,13 +56,14 @@ def test_option_choices_match_the_modules_that_take_them():
     drawing); they must stay those the modules accept."""
     from cogvlm_lite.cli import build_parser
     from cogvlm_lite.model import DECODE_CHOICES
-    from cogvlm_lite.scenes import STYLES, TYPINGS, WORDINGS
+    from cogvlm_lite.scenes import COMPRESSIONS, STYLES, TYPINGS, WORDINGS
 
     parser, _ = build_parser()
     scenes = parser.parse_args(["scenes", "--n", "1", "--out", "x"])
-    assert (scenes.wording, scenes.style, scenes.typing) == (WORDINGS[0], STYLES[0], TYPINGS[0])
+    assert (scenes.wording, scenes.style, scenes.typing, scenes.compression) == (
+        WORDINGS[0], STYLES[0], TYPINGS[0], COMPRESSIONS[0])
     for option, expected in (("--wording", WORDINGS), ("--style", STYLES), ("--typing", TYPINGS),
-                             ("--decode", DECODE_CHOICES)):
+                             ("--compression", COMPRESSIONS), ("--decode", DECODE_CHOICES)):
         actions = [a for sub in parser._subparsers._group_actions for p in sub.choices.values()
                    for a in p._actions if option in a.option_strings]
         assert actions and all(tuple(a.choices) == tuple(expected) for a in actions), option

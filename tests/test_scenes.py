@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cogvlm_lite.conversation import typed_as_trained
 from cogvlm_lite.grounding import iou, parse_boxes, parse_groundings
@@ -272,6 +273,42 @@ def test_loose_typing_drops_final_punctuation_or_capitals_and_nothing_else(tmp_p
     assert any(not q.endswith(("?", ".")) or q[0].islower() for q in questions)
     with pytest.raises(ValueError, match="typing"):
         write_dataset(tmp_path / "bad", 1, typing="sloppy")
+
+
+def test_jpeg_compression_saves_the_same_scenes_as_jpeg_files(tmp_path, dataset):
+    trained_dir, trained = dataset
+    jpeg_dir, mixed_dir = tmp_path / "jpeg", tmp_path / "mixed"
+    jpeg = write_dataset(jpeg_dir, 20, seed=0, compression="jpeg")
+    write_dataset(mixed_dir, 20, seed=0, compression="mixed")
+    assert jpeg["question_types"] == trained["question_types"]
+
+    def records(path: Path) -> list[str]:
+        """Every line of the data set's files, its image paths read as PNG paths."""
+        lines = []
+        for name in ("train.jsonl", "questions.jsonl"):
+            lines += (path / name).read_text().replace(".jpg", ".png").splitlines()
+        return lines
+
+    assert records(jpeg_dir) == records(trained_dir) == records(mixed_dir)
+    images = sorted((jpeg_dir / "images").iterdir())
+    assert [p.suffix for p in images] == [".jpg"] * 20
+    tables = set()
+    for path in images:
+        with Image.open(path) as picture:
+            assert picture.format == "JPEG"
+            tables.add(str(picture.quantization[0]))
+            png = np.asarray(Image.open(trained_dir / "images" / path.with_suffix(".png").name))
+            error = np.abs(np.asarray(picture.convert("RGB"), np.float32) - png).mean()
+        assert 0 < error < 12, (path.name, error)  # the same picture, compressed
+    assert len(tables) > 5  # qualities vary
+    mixed = Counter(p.suffix for p in (mixed_dir / "images").iterdir())
+    assert 5 <= mixed[".jpg"] <= 15 and mixed[".jpg"] + mixed[".png"] == 20, mixed
+    # A smaller data set written over it leaves no pictures of the larger one.
+    write_dataset(jpeg_dir, 3, seed=0, force=True)
+    assert sorted(p.name for p in (jpeg_dir / "images").iterdir()) == [
+        "000000.png", "000001.png", "000002.png"]
+    with pytest.raises(ValueError, match="compression"):
+        write_dataset(tmp_path / "bad", 1, compression="gif")
 
 
 def test_every_wording_typed_loosely_is_read_as_typed_in_training():
