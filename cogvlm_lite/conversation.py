@@ -30,6 +30,8 @@ _ASKING = frozenset(
 _SENTENCES = re.compile(r"(?<=[.?!])\s+")
 _SENTENCE_START = re.compile(r"(^|[.?!]\s+)([a-z])")
 _WORD = re.compile(r"[a-z']+")
+_CLAUSE_START = re.compile(r"[:,;]\s*([a-z]+)")  # "The cat or the dog: which is higher"
+_ALONE_I = re.compile(r"\bi\b")
 
 
 @dataclass
@@ -69,13 +71,13 @@ def typed_as_trained(question: str) -> str:
     if question and (question[-1].isalnum() or question[-1] == "]"):
         last = _SENTENCES.split(question)[-1].lower()
         words = _WORD.findall(last)
-        clauses = re.findall(r"[:,;]\s*([a-z]+)", last)
+        clauses = _CLAUSE_START.findall(last)
         asks = bool(words) and (words[0] in _ASKING or words[1:2] in (["which"], ["of"])
                                 or any(w in ("which", "what", "where", "how") for w in clauses))
         question += "?" if asks else "."
     if not any(c.isupper() for c in question):
         question = _SENTENCE_START.sub(lambda m: m[1] + m[2].upper(), question)
-        question = re.sub(r"\bi\b", "I", question)
+        question = _ALONE_I.sub("I", question)
     return question
 
 
