@@ -32,6 +32,8 @@ _SENTENCE_START = re.compile(r"(^|[.?!]\s+)([a-z])")
 _WORD = re.compile(r"[a-z']+")
 _CLAUSE_START = re.compile(r"[:,;]\s*([a-z]+)")  # "The cat or the dog: which is higher"
 _ALONE_I = re.compile(r"\bi\b")
+_SPACES = re.compile(r"\s+")
+_REPEATED_END = re.compile(r"([?.!])[?.!]+$")  # "Is there a cat??"
 
 
 @dataclass
@@ -59,7 +61,8 @@ def as_messages(history, query: str | None = None, system: str | None = None) ->
 def typed_as_trained(question: str) -> str:
     """`question` about an image, typed as the questions the model learned from.
 
-    Spaces and line breaks around it are dropped, a region typed after its final punctuation is
+    Spaces and line breaks around it are dropped, and runs of them inside it become one space; a
+    final "??" or "?!" becomes its first mark, a region typed after the final punctuation is
     moved before it ("What is this? [[...]]"), a question typed all in lower case gets capitals
     where its sentences begin (and "I"), and one that ends in a letter, a digit or a region gets
     the final punctuation it lacks: a question mark where its last sentence asks (it opens with a
@@ -67,7 +70,8 @@ def typed_as_trained(question: str) -> str:
     as "In which corner ..." and "Number of cats", or a clause opens with "which", "what",
     "where" or "how", as "The cat or the dog: which is higher"), else a full stop.
     """
-    question = regions_before_punctuation(question.strip())
+    question = _REPEATED_END.sub(r"\1", _SPACES.sub(" ", question).strip())
+    question = regions_before_punctuation(question)
     if question and (question[-1].isalnum() or question[-1] == "]"):
         last = _SENTENCES.split(question)[-1].lower()
         words = _WORD.findall(last)

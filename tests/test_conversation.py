@@ -37,11 +37,14 @@ def tok():
     ("Is there an iPhone", "Is there an iPhone?"),  # capitals typed: kept as typed
     ("Describe the image:", "Describe the image:"),  # ends in other punctuation: kept
     ("describe it 🙂", "Describe it 🙂"),
+    ("Is there a  cat\n in the image?", "Is there a cat in the image?"),
+    ("is there a cat??", "Is there a cat?"),
+    ("How many cats?!", "How many cats?"),
     ("", ""),
 ])
 def test_questions_are_read_as_typed_in_training(typed, read):
-    """A question about an image: stripped, a trailing region moved in, sentences capitalised
-    when typed in lower case, and a final question mark or full stop where it has none."""
+    """A question about an image: stripped, runs of spaces made one, a trailing region moved in,
+    sentences capitalised when typed in lower case, one final question mark or full stop."""
     assert typed_as_trained(typed) == read
     assert typed_as_trained(read) == read
 
