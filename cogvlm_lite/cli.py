@@ -67,6 +67,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                    help="jpeg: every picture saved as a JPEG file of a quality from 40 to 95, as "
                         "photos are shared (to test robustness to compression); mixed: half of "
                         "them, for training (the same scenes, questions and answers otherwise)")
+    p.add_argument("--aspect", type=aspect_range, default=(1.0, 1.0), metavar="A[-B]",
+                   help="widen every picture by A (1.78: 16:9 landscape, as phones take "
+                        "photos), or each by a factor from A to B (0.56-1.78: portrait to "
+                        "landscape, for training)")
     p.add_argument("--counting", action="store_true",
                    help="also write train-count.jsonl: train.jsonl with one more conversation a "
                         "scene that only counts its objects")
@@ -281,6 +285,16 @@ def run_chat(args) -> int:
     return 0
 
 
+def aspect_range(text: str) -> tuple[float, float]:
+    """"1.78" -> (1.78, 1.78); "0.56-1.78" -> (0.56, 1.78)."""
+    try:
+        low, _, high = text.partition("-")
+        return float(low), float(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a factor (1.78) or a range (0.56-1.78)") from None
+
+
 def run_scenes(args) -> int:
     import json
 
@@ -290,7 +304,7 @@ def run_scenes(args) -> int:
                             force=args.force, workers=args.workers, wording=args.wording,
                             style=args.style, counting=args.counting,
                             locating=args.locating, typing=args.typing,
-                            compression=args.compression)
+                            compression=args.compression, aspect=args.aspect)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -412,10 +412,12 @@ def make_scene(
     objects: tuple[int, int] = (1, 8),
     backgrounds: Sequence[str] = BACKGROUNDS,
     style: str = "trained",
+    aspect: float = 1.0,
 ) -> Scene:
     """Draw a random scene about `image_size` pixels wide and high.
 
-    Width and height are each drawn from [0.75, 1.25] x `image_size`. The number of objects is
+    Width and height are each drawn from [0.75, 1.25] x `image_size`, the width then multiplied
+    by `aspect` (1.78 gives a 16:9 landscape picture, 0.56 a portrait one). The number of objects is
     drawn from the inclusive range `objects` (fewer when they do not fit), the background kind
     from `backgrounds`. Objects overlap at most a little (box IoU <= `MAX_IOU`, at least
     `MIN_VISIBLE` of each object's pixels uncovered); each box is the tight box of the object's
@@ -435,7 +437,9 @@ def make_scene(
     unknown = [kind for kind in backgrounds if kind not in BACKGROUNDS]
     if not backgrounds or unknown:
         raise ValueError(f"backgrounds must be some of {BACKGROUNDS}, got {tuple(backgrounds)}")
-    width = round(image_size * rng.uniform(0.75, 1.25))
+    if aspect <= 0:
+        raise ValueError(f"aspect must be positive, got {aspect}")
+    width = round(image_size * (rng.uniform(0.75, 1.25) * aspect))
     height = round(image_size * rng.uniform(0.75, 1.25))
     if style == "unseen":
         canvas = _picture(_texture_background(rng, width, height, _UNSEEN_PHOTOS))
@@ -1271,9 +1275,13 @@ class _AtomicLines:
 
 
 def _write_scene(out: Path, i: int, seed: int, image_size: int, wording: str,
-                 style: str = "trained", compression: str = "none") -> tuple[list[dict], list[dict]]:
+                 style: str = "trained", compression: str = "none",
+                 aspect: tuple[float, float] = (1.0, 1.0)) -> tuple[list[dict], list[dict]]:
     """Draw scene `i`, save its image under `out`; its (conversations, questions) records."""
-    scene = make_scene(np.random.default_rng([seed, i, 0]), image_size, style=style)
+    low, high = aspect  # its own stream: drawn log-uniformly, or the one value
+    widen = low if low == high else float(np.exp(np.random.default_rng([seed, i, 5]).uniform(
+        np.log(low), np.log(high))))
+    scene = make_scene(np.random.default_rng([seed, i, 0]), image_size, style=style, aspect=widen)
     saving = np.random.default_rng([seed, i, 4])  # its own stream: the same scenes either way
     if compression == "jpeg" or (compression == "mixed" and saving.random() < 0.5):
         image = f"images/{i:06d}.jpg"
@@ -1299,6 +1307,7 @@ def write_dataset(
     out: str | Path, n: int, seed: int = 0, *, image_size: int = 256, force: bool = False,
     workers: int = 1, wording: str = "trained", style: str = "trained", counting: bool = False,
     locating: bool = False, typing: str = "exact", compression: str = "none",
+    aspect: tuple[float, float] = (1.0, 1.0),
 ) -> dict:
     """Write `n` scenes into `out`: ``images/``, ``train.jsonl`` and ``questions.jsonl``.
 
@@ -1320,8 +1329,10 @@ def write_dataset(
     no final punctuation, lower case, or both), the same scenes, questions and answers otherwise.
     `compression="jpeg"` saves every picture as a JPEG file of a quality drawn from
     `JPEG_QUALITY`, as photos are shared (to test robustness to compression), `"mixed"` half of
-    them (for training); the same scenes, questions and answers otherwise. Returns a summary:
-    paths and counts per task type.
+    them (for training); the same scenes, questions and answers otherwise. `aspect` (low, high)
+    widens each picture by a factor drawn log-uniformly from that range (`make_scene`): (1.78,
+    1.78) draws 16:9 landscape pictures, as phones take them, (0.56, 1.78) portrait to landscape.
+    Returns a summary: paths and counts per task type.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1 scene, got {n}")
@@ -1333,6 +1344,8 @@ def write_dataset(
         raise ValueError(f"typing must be one of {TYPINGS}, not {typing!r}")
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}, not {compression!r}")
+    if not 0 < aspect[0] <= aspect[1]:
+        raise ValueError(f"aspect must be (low, high) with 0 < low <= high, got {aspect}")
     extras = [name for name, wanted in (("count", counting), ("locate", locating)) if wanted]
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -1359,7 +1372,8 @@ def write_dataset(
     try:
         with _scene_map(workers) as map_:
             draw = functools.partial(_write_scene, out, seed=seed, image_size=image_size,
-                                     wording=wording, style=style, compression=compression)
+                                     wording=wording, style=style, compression=compression,
+                                     aspect=tuple(aspect))
             for conversations, items in map_(draw, range(n)):
                 for record in conversations:
                     if typist:

@@ -62,6 +62,12 @@ def test_option_choices_match_the_modules_that_take_them():
     scenes = parser.parse_args(["scenes", "--n", "1", "--out", "x"])
     assert (scenes.wording, scenes.style, scenes.typing, scenes.compression) == (
         WORDINGS[0], STYLES[0], TYPINGS[0], COMPRESSIONS[0])
+    assert scenes.aspect == (1.0, 1.0)
+    for typed, aspect in (("1.78", (1.78, 1.78)), ("0.56-1.78", (0.56, 1.78))):
+        assert parser.parse_args(["scenes", "--n", "1", "--out", "x", "--aspect", typed]
+                                 ).aspect == aspect
+    with pytest.raises(SystemExit):
+        parser.parse_args(["scenes", "--n", "1", "--out", "x", "--aspect", "wide"])
     for option, expected in (("--wording", WORDINGS), ("--style", STYLES), ("--typing", TYPINGS),
                              ("--compression", COMPRESSIONS), ("--decode", DECODE_CHOICES)):
         actions = [a for sub in parser._subparsers._group_actions for p in sub.choices.values()

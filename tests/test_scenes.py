@@ -311,6 +311,22 @@ def test_jpeg_compression_saves_the_same_scenes_as_jpeg_files(tmp_path, dataset)
         write_dataset(tmp_path / "bad", 1, compression="gif")
 
 
+def test_aspect_widens_the_pictures(tmp_path, dataset):
+    trained_dir, _ = dataset
+    write_dataset(tmp_path / "wide", 20, seed=0, aspect=(1.78, 1.78))
+    write_dataset(tmp_path / "shapes", 20, seed=0, aspect=(0.5, 2.0))
+    for name in ("000000.png", "000007.png"):
+        width, height = Image.open(trained_dir / "images" / name).size
+        wide = Image.open(tmp_path / "wide" / "images" / name).size
+        assert abs(wide[0] - 1.78 * width) <= 1 and wide[1] == height  # the same draw, wider
+    ratios = [Image.open(p).width / Image.open(p).height
+              for p in (tmp_path / "shapes" / "images").iterdir()]
+    assert min(ratios) < 0.75 and max(ratios) > 1.5, ratios  # portrait to landscape
+    for bad in ((0.0, 1.0), (2.0, 1.0)):
+        with pytest.raises(ValueError, match="aspect"):
+            write_dataset(tmp_path / "bad", 1, aspect=bad)
+
+
 def test_every_wording_typed_loosely_is_read_as_typed_in_training():
     """Each question template, trained, varied or unseen, typed without its final punctuation,
     in lower case or both, is read back as typed (`conversation.typed_as_trained`); the others
