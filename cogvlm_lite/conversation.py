@@ -5,7 +5,8 @@ labels, from the language model's own chat template (ChatML for SmolLM2). The im
 after the opening tokens of the first user turn (`<|im_start|>user\\n`), so a real text token is
 always first. The image is one `IMAGE_TOKEN_ID` in the ids; the model expands it into BOI, the
 patch tokens and EOI. When the context would overflow, the oldest turns are dropped; the image
-and the current question never are.
+and the current question never are. `typed_as_trained` reads a question about an image as the
+training questions are typed ("is there a dog" as "Is there a dog?").
 """
 
 from __future__ import annotations
