@@ -1278,15 +1278,15 @@ def _write_scene(out: Path, i: int, seed: int, image_size: int, wording: str,
                  style: str = "trained", compression: str = "none",
                  aspect: tuple[float, float] = (1.0, 1.0)) -> tuple[list[dict], list[dict]]:
     """Draw scene `i`, save its image under `out`; its (conversations, questions) records."""
-    low, high = aspect  # its own stream: drawn log-uniformly, or the one value
-    widen = low if low == high else float(np.exp(np.random.default_rng([seed, i, 5]).uniform(
-        np.log(low), np.log(high))))
+    widen = aspect[0]  # or drawn log-uniformly, on a stream of its own
+    if aspect[0] != aspect[1]:
+        widen = float(np.exp(np.random.default_rng([seed, i, 5]).uniform(*np.log(aspect))))
     scene = make_scene(np.random.default_rng([seed, i, 0]), image_size, style=style, aspect=widen)
     saving = np.random.default_rng([seed, i, 4])  # its own stream: the same scenes either way
     if compression == "jpeg" or (compression == "mixed" and saving.random() < 0.5):
         image = f"images/{i:06d}.jpg"
-        low, high = JPEG_QUALITY
-        scene.image.save(out / image, format="JPEG", quality=int(saving.integers(low, high + 1)))
+        quality = int(saving.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
+        scene.image.save(out / image, format="JPEG", quality=quality)
     else:
         image = f"images/{i:06d}.png"
         scene.image.save(out / image, format="PNG")
