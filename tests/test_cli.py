@@ -247,6 +247,7 @@ def test_ctrl_c_stops_a_chat_answer_and_the_chat_goes_on():
         stopped = ""
         while "(stopped)" not in stopped and (c := chat.stdout.read(1)):
             stopped += c
+        assert "(stopped)" in stopped, f"exit {chat.wait()}, {out + stopped!r}: {chat.stderr.read()}"
         chat.stdin.write("What is the capital of France? Answer briefly.\n")
         chat.stdin.close()
         rest = chat.stdout.read()
