@@ -232,9 +232,12 @@ def test_ctrl_c_stops_a_chat_answer_and_the_chat_goes_on():
     import signal
     import threading
 
+    # Ctrl-C as at a terminal, even where the tests run with SIGINT ignored (started in the
+    # background by a shell without job control), which the chat would inherit.
     chat = subprocess.Popen([sys.executable, "-m", "cogvlm_lite", "chat", "--max-new-tokens", "400",
                              "--device", "cpu", "--decode", "fp32"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=0)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=0,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     out = ""
     timer = threading.Timer(300, chat.kill)
     timer.start()
