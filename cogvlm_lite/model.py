@@ -292,8 +292,8 @@ class VisionLanguageModel(nn.Module):
         repetition_penalty, max_new_tokens, seed). The KV cache of the image and the earlier
         turns is kept and reused while the next turn extends the same conversation. With an
         image, questions are read as typed in training (`conversation.typed_as_trained`: without
-        surrounding spaces, a region typed after the final punctuation moved before it, capitals
-        and the final punctuation typed where they are missing).
+        surrounding spaces, runs of spaces made one, a region typed after the final punctuation
+        moved before it, capitals and the final punctuation typed where they are missing).
         """
         config = GenerationConfig(**generation)
         messages = as_messages(history, query, system or self.config.system_prompt)
