@@ -74,8 +74,11 @@ def converted_lm(gguf_path: Path, name: str, pip_line: str = "") -> Path:
     Keyed by content, a reinstalled package (a new virtual environment, a fresh clone) finds its
     conversion; a new conversion removes the cache's earlier ones of `name`, so it keeps one copy.
     """
+    digest = hashlib.sha256()
     with open(gguf_path, "rb") as f:
-        key = hashlib.file_digest(f, "sha256").hexdigest()[:12]
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    key = digest.hexdigest()[:12]
     out = cache_dir() / f"{name}-{key}"
     if not (out / "config.json").is_file():
         convert_gguf(gguf_path, out, pip_line=pip_line)

@@ -98,3 +98,28 @@ def test_layout_names_every_module():
     layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
     modules = {p.name for p in (ROOT / "cogvlm_lite").glob("*.py")} - {"__init__.py", "__main__.py"}
     assert modules and not {m for m in modules if f"`{m}`" not in layout}
+
+
+def test_every_imported_package_is_declared():
+    """What the code imports is installed by `pyproject.toml` itself, not by luck through another
+    package's dependencies (`llama_cpp`, a benchmark peer, is optional and said so)."""
+    import ast
+    import importlib.metadata as metadata
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11 on
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *sum(project["optional-dependencies"].values(), [])]
+    declared = {re.split(r"[<>=!\[ ;]", r, maxsplit=1)[0].lower().replace("_", "-") for r in wanted}
+    modules = set()
+    for path in [*ROOT.glob("cogvlm_lite/*.py"), ROOT / "app.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                modules.add(node.module.split(".")[0])
+    modules -= {*sys.stdlib_module_names, "cogvlm_lite", "llama_cpp"}
+    assert {"torch", "PIL", "scipy", "fastapi"} <= modules
+    distributions = metadata.packages_distributions()
+    undeclared = {m: distributions.get(m) for m in modules
+                  if not {d.lower().replace("_", "-") for d in distributions.get(m, [])} & declared}
+    assert not undeclared, undeclared
