@@ -273,7 +273,7 @@ def run_chat(args) -> int:
                     print("(zoom stopped; the answer above stands)")
                     zoomed = shown
                 if zoomed != shown:
-                    print(f"(zoomed in) {zoomed}")
+                    print(f"(looked again) {zoomed}")
                     shown = zoomed
         except KeyboardInterrupt:  # Ctrl-C stops the answer, as the UI's Stop does
             print(" (stopped)")

@@ -268,8 +268,9 @@ class VisionLanguageModel(nn.Module):
              **kwargs) -> str:
         """The reply to `query` about `image` (PIL, path, bytes or None), given past turns.
 
-        `zoom`: the reply's boxes (small ones on a crop around them, every look also mirrored),
-        or a small region `query` asks about (on a crop), are looked at again (`zoom.zoom_in`);
+        `zoom`: the reply's boxes (small ones on a crop around them, every look also mirrored,
+        those of an object asked for first checked to be there), or a small region `query` asks
+        about (on a crop), are looked at again (`zoom.zoom_in`);
         a small region's crop is asked first, the whole image only where the crop's answer does
         not do.
         """

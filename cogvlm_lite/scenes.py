@@ -510,7 +510,8 @@ def _article(name: str) -> str:
     return "an" if lowered[0] in "aeiou" else "a"
 
 
-def _a(name: str) -> str:
+def with_article(name: str) -> str:
+    """'a dog', 'an apple', 'a unicorn', 'an hourglass'."""
     return f"{_article(name)} {name}"
 
 
@@ -570,7 +571,7 @@ class _View:
         """'a dog' or 'two dogs'."""
         count = len(self.groups[name])
         if count == 1:
-            return _a(name)
+            return with_article(name)
         word = _NUMBER_WORDS[count] if count < len(_NUMBER_WORDS) else str(count)
         return f"{word} {self.plural(name)}"
 
@@ -925,7 +926,7 @@ def _extreme_of(boxes: Sequence[Box], direction: str) -> Box | None:
 
 def _ask_reg(view: _View, rng: np.random.Generator) -> QA:
     obj = _pick(rng, view.objects)
-    answer = _capital(_a(obj.name)) + "."
+    answer = _capital(with_article(obj.name)) + "."
     if obj.mask is not None and rng.random() < 0.4:
         point = _inner_point(obj.mask, rng)
         if point is not None:
@@ -968,7 +969,7 @@ def _ask_exist(view: _View, rng: np.random.Generator) -> QA:
     else:
         absent = [c.name for c in _vocabulary() if c.name not in view.groups]
         name, answer = _pick(rng, absent), "No."
-    return view.say(rng, _EXIST).format(a=_a(name)), answer
+    return view.say(rng, _EXIST).format(a=with_article(name)), answer
 
 
 def _relation(a: Box, b: Box, direction: str) -> bool:

@@ -24,6 +24,12 @@ group, and one under `SMALL` of the image, on its crop; a group's only box from 
 lone reply's is. Points, boxes whose phrase names nothing, and looks whose answer holds no
 single box (or, for a region, any box) are left alone.
 
+A reply of one group of boxes to a question that names one object of the scenes' vocabulary
+("Where is the dog?", "Find all the dogs.") is first checked on the whole image: "Is there a dog in the
+image?". Where that answer is "no", each box is checked on its crop too, and a box whose crop also
+says "no" is dropped; a reply with no box left becomes "There is no dog in the image." (the model
+otherwise boxes something for any object asked about, there or not).
+
 `looking_again` is `zoom_in` one look at a time: it pauses before each question it asks the
 model, so a caller knows a look is coming and can stop between looks (the browser UI's Stop).
 """
@@ -174,6 +180,17 @@ def looking_again(model, image, question: str, reply: str, **generation) -> Look
         text = yield from region_look(model, image, question, **generation)
         return reply if text is None else text
     groundings = parse_groundings(reply)
+    one_group = len(groundings) == 1 and groundings[0].boxes and not groundings[0].points
+    name = asked_thing(question) if one_group else None
+    if name is not None:
+        image = image if isinstance(image, Image.Image) else load_image(image)
+        g = groundings[0]
+        kept = yield from _boxes_shown(model, image, name, g.boxes, **generation)
+        if not kept:
+            return f"There is no {name} in the image."
+        if kept != g.boxes:
+            reply = reply[: g.start] + format_boxes(kept) + reply[g.end :]
+            groundings = parse_groundings(reply)
     alone = len(groundings) == 1 and _one_box(groundings[0])
     groups = groundings if alone else [
         g for g in groundings if g.boxes and not g.points and names_thing(g.phrase)]
@@ -196,17 +213,37 @@ def looking_again(model, image, question: str, reply: str, **generation) -> Look
     return "".join(pieces) + reply[done:]
 
 
+def _shown(model, view: Image.Image, name: str, **generation) -> Looks[bool]:
+    """Whether `view` shows a `name`, as the model answers "Is there a <name> in the image?"
+    (anything but a "no" counts as yes)."""
+    from .scenes import with_article  # as the training questions write it
+
+    question = f"Is there {with_article(name)} in the image?"
+    return first_yes_no((yield from answer(model, view, question, **generation))) != "no"
+
+
+def _boxes_shown(model, image: Image.Image, name: str, boxes: list[Box],
+                 **generation) -> Looks[list[Box]]:
+    """`boxes`, where the whole image shows a `name`; else those whose crop shows one."""
+    if (yield from _shown(model, image, name, **generation)):
+        return boxes
+    kept = []
+    for box in boxes:
+        if (yield from _shown(model, image.crop(crop_around(box, *image.size)), name, **generation)):
+            kept.append(box)
+    return kept
+
+
 def _described_boxes(model, image: Image.Image, group: Grounding,
                      **generation) -> Looks[list[Box]]:
     """A description's group of boxes looked at again: each box whose crop shows no such thing
     is dropped; the others become the mean of their looks."""
     name = thing(group.phrase)
     query = f"Where is the {name}?"
-    check = f"Is there {'an' if name[0].lower() in 'aeiou' else 'a'} {name} in the image?"
     boxes = []
     for box in group.boxes:
-        crop = crop_around(box, *image.size)
-        if first_yes_no((yield from answer(model, image.crop(crop), check, **generation))) == "no":
+        if not (yield from _shown(model, image.crop(crop_around(box, *image.size)), name,
+                                  **generation)):
             continue
         whole = len(group.boxes) == 1 and box_side(box) >= SMALL
         mean = yield from look_again(model, image, box, query, whole, **generation)
@@ -251,11 +288,28 @@ def thing(phrase: str) -> str:
     return " ".join(words)
 
 
+def asked_thing(question: str) -> str | None:
+    """The one object of the scenes' vocabulary that `question` names, singular ("Where are all
+    the pool balls?" gives "pool ball"); None where it names none, or several."""
+    pattern, singular = _vocabulary_words()
+    found = {singular[word] for word in pattern.findall(question.lower())}
+    return found.pop() if len(found) == 1 else None
+
+
 @functools.lru_cache(maxsize=1)
 def _singulars() -> dict[str, str]:
     from .scenes import vocabulary  # the vocabulary's reader pulls in the scene drawing
 
     return {c.plural: c.name for c in vocabulary()}
+
+
+@functools.lru_cache(maxsize=1)
+def _vocabulary_words() -> tuple[re.Pattern, dict[str, str]]:
+    """A pattern finding the vocabulary's names, singular or plural (longest first), and each
+    such word's singular."""
+    singular = {name: name for name in _singulars().values()} | _singulars()
+    words = "|".join(re.escape(w) for w in sorted(singular, key=len, reverse=True))
+    return re.compile(rf"\b(?:{words})\b"), singular
 
 
 def look(model, image: Image.Image, crop: tuple[int, int, int, int], question: str, mirror: bool,

@@ -130,8 +130,9 @@ def test_chat_zoom_prints_the_answer_found_again_on_a_crop(zoom, tmp_path, monke
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "The frog [[500,500,600,600]]."
     if zoom:  # the crop (160, 105, 280, 225): its middle half is x 190..250, y 135..195
-        assert lines[1] == "(zoomed in) The frog [[475,450,625,650]]."
+        assert lines[1] == "(looked again) The frog [[475,450,625,650]]."
         assert stand_in.asked == [((400, 300), "Where is the frog?"),
+                                  ((400, 300), "Is there a frog in the image?"),
                                   *2 * [((120, 120), "Where is the frog?")]]  # and mirrored
     else:
         assert len(lines) == 1 and len(stand_in.asked) == 1

@@ -275,6 +275,29 @@ def test_grounded_answer_streams_and_boxes_are_drawn(context, app_url, scripted)
     expect(page.locator("#zoom-status")).to_have_text("")  # the note goes once zoom is done
 
 
+def test_finding_what_the_picture_does_not_show_says_so(context, app_url, scripted):
+    looks = {"Where is the giraffe": ("The giraffe [[125,556,354,822]].", 0.02),
+             "Is there a giraffe": ("No.", 0.01)}
+    scripted.scripts.update(looks)
+    try:
+        page = open_app(context, app_url)
+        page.click("#samples button.gallery-item:has(img[src$='park.png'])")
+        page.wait_for_selector("#annotated img")
+        before = page.get_attribute("#annotated img", "src")
+        start = len(scripted.calls)
+        page.fill("#object-name textarea", "giraffe")
+        page.click("button:text-is('Find it')")
+        expect(page.locator(BOT).last).to_have_text("There is no giraffe in the image.")
+        checks = [c for c in scripted.calls[start:] if c.query.startswith("Is there a giraffe")]
+        assert [c.image_size for c in checks] == [(480, 360), (330, 330)]  # the image, the crop
+        expect(page.locator("#annotated img")).to_have_attribute("src", before)  # no box drawn
+        expect(page.locator("#zoom-status")).to_have_text("")
+    finally:
+        scripted.settle()
+        for key in looks:
+            del scripted.scripts[key]
+
+
 def test_a_small_box_is_found_again_on_a_crop_unless_zoom_is_off(context, app_url, scripted):
     small = (0.4, 0.4, 0.45, 0.45)
     scripted.scripts["Where is the frog"] = (f"The frog {format_box(small)}.", 0.02)

@@ -6,6 +6,7 @@ from PIL import Image
 
 from cogvlm_lite.grounding import format_box, parse_boxes
 from cogvlm_lite.zoom import (
+    asked_thing,
     crop_around,
     from_crop,
     looking_again,
@@ -53,8 +54,9 @@ def test_zoom_in_replaces_the_small_box_with_the_crop_answer_mapped_back():
     # crop (160, 105, 280, 225): its middle half is x 190..250, y 135..195 of 400x300, and so
     # is the mirrored crop's (the box is its own mirror image)
     assert reply == "The frog " + format_box((190 / 400, 135 / 300, 250 / 400, 195 / 300)) + "."
-    assert model.asked == 2 * [((120, 120), "Where is the frog?",
-                                {"history": [], "max_new_tokens": 32, "temperature": 0.0})]
+    settings = {"history": [], "max_new_tokens": 32, "temperature": 0.0}
+    assert model.asked == [((400, 300), "Is there a frog in the image?", settings),  # it is
+                           *2 * [((120, 120), "Where is the frog?", settings)]]
 
 
 class CheckingModel(CropModel):
@@ -143,8 +145,64 @@ def test_zoom_in_keeps_a_description_box_whose_crop_gives_no_single_box():
 def test_zoom_in_looks_again_at_a_reply_of_one_group_of_boxes_as_at_a_description():
     model = CheckingModel("[[250,250,750,750]]", {"cat": "No."})
     reply = "Two cats [[000,000,050,050;500,500,600,600]]."
-    assert zoom_in(model, Image.new("RGB", (400, 300)), "Where are the cats?", reply) == "Two cats."
+    assert zoom_in(model, Image.new("RGB", (400, 300)), "Describe it.", reply) == "Two cats."
     assert [query for _, query, _ in model.asked] == 2 * ["Is there a cat in the image?"]
+
+
+class ViewModel(CropModel):
+    """Answers "Is there ...?" with `whole` about the whole 400x300 image and with `crops` (in
+    turn) about crops; all else with `answer`."""
+
+    def __init__(self, answer: str, whole: str, crops: list[str]):
+        super().__init__(answer)
+        self.whole, self.crops = whole, list(crops)
+
+    def chat(self, image, query, history=(), **generation):
+        answer = super().chat(image, query, history, **generation)
+        if not query.startswith("Is there"):
+            return answer
+        return self.whole if image.size == (400, 300) else self.crops.pop(0)
+
+
+@pytest.mark.parametrize("question, reply", [
+    ("Where is the frog?", "[[500,500,600,600]]"),
+    ("Find all the frogs.", "[[000,000,050,050;500,500,600,600]]"),
+    ("Where is the frog?", "The frog [[100,100,400,500]]."),
+])
+def test_zoom_in_says_there_is_none_where_the_image_and_every_box_crop_show_none(question, reply):
+    model = ViewModel("[[250,250,750,750]]", whole="No.", crops=["No."] * 2)
+    got = zoom_in(model, Image.new("RGB", (400, 300)), question, reply)
+    assert got == "There is no frog in the image."
+    boxes = parse_boxes(reply)
+    assert [(size, query) for size, query, _ in model.asked] == [
+        ((400, 300), "Is there a frog in the image?"),
+        *[(side(crop_around(b, 400, 300)), "Is there a frog in the image?") for b in boxes]]
+
+
+def side(crop: tuple[int, int, int, int]) -> tuple[int, int]:
+    return crop[2] - crop[0], crop[3] - crop[1]
+
+
+def test_zoom_in_keeps_the_boxes_whose_crop_shows_the_thing_asked_about():
+    model = ViewModel("[[250,250,750,750]]", whole="No.", crops=["No.", "Yes, there is.", "Yes."])
+    reply = zoom_in(model, Image.new("RGB", (400, 300)), "Locate every frog.",
+                    "Here: [[000,000,050,050;500,500,600,600;800,800,850,850]].")
+    assert reply == "Here: [[500,500,600,600;800,800,850,850]]."  # two boxes: no more looks
+    assert len(model.asked) == 4
+    model = ViewModel("[[250,250,750,750]]", whole="No.", crops=["Yes."])
+    reply = zoom_in(model, Image.new("RGB", (400, 300)), "Where is the frog?", "[[500,500,600,600]]")
+    assert reply == format_box((190 / 400, 135 / 300, 250 / 400, 195 / 300))  # looked at again
+    assert [query for _, query, _ in model.asked] == [
+        *2 * ["Is there a frog in the image?"], "Where is the frog?", "Where is the frog?"]
+
+
+@pytest.mark.parametrize("question, named", [
+    ("Where is the frog?", "frog"), ("Find all the mice.", "mouse"),
+    ("Give the bounding boxes of all the pool balls.", "pool ball"),
+    ("Locate the frog on the left. Answer in [[x0,y0,x1,y1]] format.", "frog"),
+    ("Where is the frog left of the cat?", None), ("Where is the unicorn-dragon?", None)])
+def test_asked_thing_is_the_one_object_a_question_names(question, named):
+    assert asked_thing(question) == named
 
 
 @pytest.mark.parametrize("phrase, name", [
@@ -172,7 +230,7 @@ def test_zoom_in_keeps_a_region_answer_when_the_crop_answers_with_a_box():
 
 @pytest.mark.parametrize("question, reply", [
     ("Where is the frog?", "No box here."),
-    ("Where are the frogs?", "[[100,100,150,150;300,300,350,350]]"),  # two boxes
+    ("Where are they?", "[[100,100,150,150;300,300,350,350]]"),  # two boxes
     ("Where are the frogs?", "A [[100,100,150,150]] and a [[300,300,350,350]]."),
     ("Where is the frog?", "[[100,100;120,120]]"),  # points
     ("What is at [[100,100]]?", "A frog."),  # a point asked about: its object's size is unknown
@@ -209,12 +267,12 @@ def test_zoom_in_averages_a_larger_box_with_the_mirrored_images(reply):
     got = zoom_in(model, image, "Where is the frog on the left?", reply, max_new_tokens=32)
     mean = ((first[0] + 0.1) / 2, (first[1] + 0.2) / 2, (first[2] + 0.4) / 2, (first[3] + 0.4) / 2)
     assert got == reply.replace(format_box(first), format_box(mean))
-    assert seen == [(255, 0, 0)]
-    assert model.asked == [((400, 300), "Where is the frog on the right?",
-                            {"history": [], "max_new_tokens": 32})]
+    assert seen == [(0, 0, 0), (255, 0, 0)]  # is there a frog; then the mirror image
+    assert model.asked[1:] == [((400, 300), "Where is the frog on the right?",
+                                {"history": [], "max_new_tokens": 32})]
 
 
-@pytest.mark.parametrize("answer", ["I see no frog.", "[[0,0,500,500;500,500,999,999]]"])
+@pytest.mark.parametrize("answer", ["Nothing to see.", "[[0,0,500,500;500,500,999,999]]"])
 @pytest.mark.parametrize("reply, looks", [
     ("[[100,100,400,500]]", 1),  # a larger box: the mirrored image
     ("[[100,100,300,400]]", 3),  # a middling one: the mirrored image and its crop, both ways
@@ -223,7 +281,7 @@ def test_zoom_in_averages_a_larger_box_with_the_mirrored_images(reply):
 def test_zoom_in_keeps_the_first_box_when_no_look_gives_a_single_box(answer, reply, looks):
     model = CropModel(answer)
     assert zoom_in(model, Image.new("RGB", (400, 300)), "Where is the frog?", reply) == reply
-    assert len(model.asked) == looks
+    assert len(model.asked) == 1 + looks  # is there a frog, then the looks
 
 
 def test_zoom_in_averages_a_middling_box_over_the_whole_image_and_its_crop():
@@ -236,7 +294,7 @@ def test_zoom_in_averages_a_middling_box_over_the_whole_image_and_its_crop():
     middle = (0.25, 0.25, 0.75, 0.75)
     looks = [first, middle] + 2 * [from_crop(middle, crop, 400, 300)]
     assert reply == format_box(tuple(sum(v) / 4 for v in zip(*looks, strict=True)))
-    assert [size for size, _, _ in model.asked] == [(400, 300), (225, 225), (225, 225)]
+    assert [size for size, _, _ in model.asked] == [(400, 300), (400, 300), (225, 225), (225, 225)]
 
 
 def test_zoom_in_averages_a_crop_box_with_its_mirror_images():
@@ -246,14 +304,15 @@ def test_zoom_in_averages_a_crop_box_with_its_mirror_images():
     # both looks averaged: x 0.25..0.75 of the crop (160, 105, 280, 225), y 0.25..0.75
     assert reply == format_box((190 / 400, 135 / 300, 250 / 400, 195 / 300))
     assert [query for _, query, _ in model.asked] == [
-        "Where is the frog on the left?", "Where is the frog on the right?"]
+        "Is there a frog in the image?", "Where is the frog on the left?",
+        "Where is the frog on the right?"]
 
 
 def test_zoom_in_reads_image_files(tmp_path):
     Image.new("RGB", (400, 300)).save(tmp_path / "scene.png")
     model = CropModel("[[000,000,999,999]]")
     reply = zoom_in(model, tmp_path / "scene.png", "Where is the frog?", "[[400,400,450,450]]")
-    assert parse_boxes(reply) and model.asked[0][0] == (120, 120)
+    assert parse_boxes(reply) and [size for size, _, _ in model.asked] == [(400, 300), *2 * [(120, 120)]]
 
 
 @pytest.mark.parametrize("crop_answer, asked", [
