@@ -24,11 +24,11 @@ group, and one under `SMALL` of the image, on its crop; a group's only box from 
 lone reply's is. Points, boxes whose phrase names nothing, and looks whose answer holds no
 single box (or, for a region, any box) are left alone.
 
-A reply of one group of boxes to a question that names one object of the scenes' vocabulary
-("Where is the dog?", "Find all the dogs.") is first checked on the whole image: "Is there a dog in the
-image?". Where that answer is "no", each box is checked on its crop too, and a box whose crop also
-says "no" is dropped; a reply with no box left becomes "There is no dog in the image." (the model
-otherwise boxes something for any object asked about, there or not).
+The model boxes something for any object asked about, there or not. So a reply of one group of
+boxes to a question that names one object of the scenes' vocabulary ("Where is the dog?", "Find
+all the dogs.") is first checked on the whole image: "Is there a dog in the image?". Where that
+answer is "no", each box is checked on its crop too, and a box whose crop also says "no" is
+dropped; a reply with no box left becomes "There is no dog in the image.".
 
 `looking_again` is `zoom_in` one look at a time: it pauses before each question it asks the
 model, so a caller knows a look is coming and can stop between looks (the browser UI's Stop).
@@ -184,12 +184,12 @@ def looking_again(model, image, question: str, reply: str, **generation) -> Look
     name = asked_thing(question) if one_group else None
     if name is not None:
         image = image if isinstance(image, Image.Image) else load_image(image)
-        g = groundings[0]
-        kept = yield from _boxes_shown(model, image, name, g.boxes, **generation)
+        group = groundings[0]
+        kept = yield from _boxes_shown(model, image, name, group.boxes, **generation)
         if not kept:
             return f"There is no {name} in the image."
-        if kept != g.boxes:
-            reply = reply[: g.start] + format_boxes(kept) + reply[g.end :]
+        if kept != group.boxes:
+            reply = reply[: group.start] + format_boxes(kept) + reply[group.end :]
             groundings = parse_groundings(reply)
     alone = len(groundings) == 1 and _one_box(groundings[0])
     groups = groundings if alone else [
