@@ -222,6 +222,11 @@ def _shown(model, view: Image.Image, name: str, **generation) -> Looks[bool]:
     return first_yes_no((yield from answer(model, view, question, **generation))) != "no"
 
 
+def _shown_on_crop(model, image: Image.Image, box: Box, name: str, **generation) -> Looks[bool]:
+    """Whether the crop around `box` (`crop_around`) shows a `name` (`_shown`)."""
+    return (yield from _shown(model, image.crop(crop_around(box, *image.size)), name, **generation))
+
+
 def _boxes_shown(model, image: Image.Image, name: str, boxes: list[Box],
                  **generation) -> Looks[list[Box]]:
     """`boxes`, where the whole image shows a `name`; else those whose crop shows one."""
@@ -229,7 +234,7 @@ def _boxes_shown(model, image: Image.Image, name: str, boxes: list[Box],
         return boxes
     kept = []
     for box in boxes:
-        if (yield from _shown(model, image.crop(crop_around(box, *image.size)), name, **generation)):
+        if (yield from _shown_on_crop(model, image, box, name, **generation)):
             kept.append(box)
     return kept
 
@@ -242,8 +247,7 @@ def _described_boxes(model, image: Image.Image, group: Grounding,
     query = f"Where is the {name}?"
     boxes = []
     for box in group.boxes:
-        if not (yield from _shown(model, image.crop(crop_around(box, *image.size)), name,
-                                  **generation)):
+        if not (yield from _shown_on_crop(model, image, box, name, **generation)):
             continue
         whole = len(group.boxes) == 1 and box_side(box) >= SMALL
         mean = yield from look_again(model, image, box, query, whole, **generation)
