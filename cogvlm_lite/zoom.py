@@ -28,7 +28,10 @@ The model boxes something for any object asked about, there or not. So a reply o
 boxes to a question that names one object of the scenes' vocabulary ("Where is the dog?", "Find
 all the dogs.") is first checked on the whole image: "Is there a dog in the image?". Where that
 answer is "no", each box is checked on its crop too, and a box whose crop also says "no" is
-dropped; a reply with no box left becomes "There is no dog in the image.".
+dropped; a reply with no box left becomes "There is no dog in the image.". A count of such an
+object ("How many dogs are there?" answered "There are 2 dogs.") is checked the same way, on
+the whole image and then on the crop around each box the model finds for "Where is the dog?";
+where none shows one, the reply becomes "There are no dogs in the image.".
 
 `looking_again` is `zoom_in` one look at a time: it pauses before each question it asks the
 model, so a caller knows a look is coming and can stop between looks (the browser UI's Stop).
@@ -43,7 +46,7 @@ from typing import TypeVar
 
 from PIL import Image, ImageOps
 
-from .evaluate import first_yes_no, without_count
+from .evaluate import first_number, first_yes_no, without_count
 from .grounding import (
     Box,
     Grounding,
@@ -180,9 +183,13 @@ def looking_again(model, image, question: str, reply: str, **generation) -> Look
         text = yield from region_look(model, image, question, **generation)
         return reply if text is None else text
     groundings = parse_groundings(reply)
+    name = asked_thing(question)
+    if name is not None and not groundings and first_number(reply):
+        image = image if isinstance(image, Image.Image) else load_image(image)
+        shown = yield from _count_shown(model, image, name, **generation)
+        return reply if shown else f"There are no {_plurals()[name]} in the image."
     one_group = len(groundings) == 1 and groundings[0].boxes and not groundings[0].points
-    name = asked_thing(question) if one_group else None
-    if name is not None:
+    if name is not None and one_group:
         image = image if isinstance(image, Image.Image) else load_image(image)
         group = groundings[0]
         kept = yield from _boxes_shown(model, image, name, group.boxes, **generation)
@@ -237,6 +244,18 @@ def _boxes_shown(model, image: Image.Image, name: str, boxes: list[Box],
         if (yield from _shown_on_crop(model, image, box, name, **generation)):
             kept.append(box)
     return kept
+
+
+def _count_shown(model, image: Image.Image, name: str, **generation) -> Looks[bool]:
+    """Whether the whole image shows a `name`, or else the crop around a box the model finds
+    for "Where is the <name>?" does."""
+    if (yield from _shown(model, image, name, **generation)):
+        return True
+    found = yield from answer(model, image, f"Where is the {name}?", **generation)
+    for box in parse_boxes(found):
+        if (yield from _shown_on_crop(model, image, box, name, **generation)):
+            return True
+    return False
 
 
 def _described_boxes(model, image: Image.Image, group: Grounding,
@@ -305,6 +324,11 @@ def _singulars() -> dict[str, str]:
     from .scenes import vocabulary  # the vocabulary's reader pulls in the scene drawing
 
     return {c.plural: c.name for c in vocabulary()}
+
+
+@functools.lru_cache(maxsize=1)
+def _plurals() -> dict[str, str]:
+    return {name: plural for plural, name in _singulars().items()}
 
 
 @functools.lru_cache(maxsize=1)

@@ -275,8 +275,14 @@ def test_grounded_answer_streams_and_boxes_are_drawn(context, app_url, scripted)
     expect(page.locator("#zoom-status")).to_have_text("")  # the note goes once zoom is done
 
 
-def test_finding_what_the_picture_does_not_show_says_so(context, app_url, scripted):
+@pytest.mark.parametrize("button, name, said", [
+    ("Find it", "giraffe", "There is no giraffe in the image."),
+    ("Count", "giraffes", "There are no giraffes in the image."),  # its box found, then checked
+])
+def test_finding_or_counting_what_the_picture_does_not_show_says_so(context, app_url, scripted,
+                                                                   button, name, said):
     looks = {"Where is the giraffe": ("The giraffe [[125,556,354,822]].", 0.02),
+             "How many giraffes": ("There are 2 giraffes.", 0.02),
              "Is there a giraffe": ("No.", 0.01)}
     scripted.scripts.update(looks)
     try:
@@ -285,9 +291,9 @@ def test_finding_what_the_picture_does_not_show_says_so(context, app_url, script
         page.wait_for_selector("#annotated img")
         before = page.get_attribute("#annotated img", "src")
         start = len(scripted.calls)
-        page.fill("#object-name textarea", "giraffe")
-        page.click("button:text-is('Find it')")
-        expect(page.locator(BOT).last).to_have_text("There is no giraffe in the image.")
+        page.fill("#object-name textarea", name)
+        page.click(f"button:text-is('{button}')")
+        expect(page.locator(BOT).last).to_have_text(said)
         checks = [c for c in scripted.calls[start:] if c.query.startswith("Is there a giraffe")]
         assert [c.image_size for c in checks] == [(480, 360), (330, 330)]  # the image, the crop
         expect(page.locator("#annotated img")).to_have_attribute("src", before)  # no box drawn

@@ -196,6 +196,27 @@ def test_zoom_in_keeps_the_boxes_whose_crop_shows_the_thing_asked_about():
         *2 * ["Is there a frog in the image?"], "Where is the frog?", "Where is the frog?"]
 
 
+@pytest.mark.parametrize("reply", ["There are 3 frogs.", "There is one frog."])
+def test_zoom_in_says_there_are_none_where_a_count_is_of_a_thing_nowhere_shown(reply):
+    model = ViewModel("[[500,500,600,600]]", whole="No.", crops=["No."])
+    got = zoom_in(model, Image.new("RGB", (400, 300)), "How many frogs are there?", reply)
+    assert got == "There are no frogs in the image."
+    box = parse_boxes("[[500,500,600,600]]")[0]
+    assert [(size, query) for size, query, _ in model.asked] == [
+        ((400, 300), "Is there a frog in the image?"), ((400, 300), "Where is the frog?"),
+        (side(crop_around(box, 400, 300)), "Is there a frog in the image?")]
+
+
+@pytest.mark.parametrize("whole, crops, asked", [
+    ("Yes.", [], 1),  # the whole image shows one: the count stands, nothing more asked
+    ("No.", ["Yes."], 3),  # the box the model finds for it shows one on its crop
+])
+def test_zoom_in_keeps_a_count_of_a_thing_shown(whole, crops, asked):
+    model = ViewModel("[[500,500,600,600]]", whole=whole, crops=crops)
+    got = zoom_in(model, Image.new("RGB", (400, 300)), "Count the mice.", "There are 2 mice.")
+    assert got == "There are 2 mice." and len(model.asked) == asked
+
+
 @pytest.mark.parametrize("question, named", [
     ("Where is the frog?", "frog"), ("Find all the mice.", "mouse"),
     ("Give the bounding boxes of all the pool balls.", "pool ball"),
@@ -236,6 +257,8 @@ def test_zoom_in_keeps_a_region_answer_when_the_crop_answers_with_a_box():
     ("What is at [[100,100]]?", "A frog."),  # a point asked about: its object's size is unknown
     ("What is in [[100,100,400,400]]?", "A frog."),  # a region asked about, not small
     ("What is in [[100,100,150,150]] or [[300,300,350,350]]?", "A frog."),  # two regions
+    ("How many frogs are there?", "There are no frogs."),  # a count of none
+    ("How many things are there?", "There are 3 objects."),  # no one thing named
 ])
 def test_zoom_in_leaves_other_replies_alone(question, reply):
     model = CropModel("[[000,000,999,999]]")
