@@ -33,6 +33,12 @@ object ("How many dogs are there?" answered "There are 2 dogs.") is checked the 
 the whole image and then on the crop around each box the model finds for "Where is the dog?";
 where none shows one, the reply becomes "There are no dogs in the image.".
 
+A question about where one such object is against another, as a yes or no ("Is the cat left of
+the dog?") or which of the two ("Which one is on top: the cat or the dog?"), is answered from
+boxes: each object is found ("Where is the cat?") and that reply looked at again as above, and
+the centres of the two boxes give the answer ("Yes." or "No.", "The cat."). Where either object
+is not found as one box, the reply stands.
+
 `looking_again` is `zoom_in` one look at a time: it pauses before each question it asks the
 model, so a caller knows a look is coming and can stop between looks (the browser UI's Stop).
 """
@@ -42,7 +48,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Generator
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from PIL import Image, ImageOps
 
@@ -50,6 +56,7 @@ from .evaluate import first_number, first_yes_no, without_count
 from .grounding import (
     Box,
     Grounding,
+    box_centre,
     box_side,
     format_box,
     format_boxes,
@@ -166,12 +173,14 @@ def region_look(model, image, question: str, **generation) -> Looks[str | None]:
 
 def zoom_in(model, image, question: str, reply: str, **generation) -> str:
     """`reply`, looked at again: a lone box on its crop and in the mirror image, a description's
-    boxes checked and looked at on their crops, or the small region `question` is about on a crop.
+    boxes checked and looked at on their crops, the small region `question` is about on a crop,
+    an object asked for or counted checked, or where one object is against another answered from
+    their boxes.
 
     `model` answers with `model.chat`, given `generation` (generation settings, `system`). Each
     look is asked without the conversation's earlier turns: `question` itself when the reply
-    is one box, "Where is the <thing>?" for each box of a description, and `question` in
-    the crop's coordinates for a region (see the module's doc).
+    is one box, "Where is the <thing>?" for each box of a description and each object of a
+    relation, and `question` in the crop's coordinates for a region (see the module's doc).
     """
     return run_looks(looking_again(model, image, question, reply, **generation))
 
@@ -183,6 +192,10 @@ def looking_again(model, image, question: str, reply: str, **generation) -> Look
         text = yield from region_look(model, image, question, **generation)
         return reply if text is None else text
     groundings = parse_groundings(reply)
+    relation = None if groundings else asked_relation(question)
+    if relation is not None:
+        image = image if isinstance(image, Image.Image) else load_image(image)
+        return (yield from _related(model, image, relation, reply, **generation))
     name = asked_thing(question)
     if name is not None and not groundings and first_number(reply):
         image = image if isinstance(image, Image.Image) else load_image(image)
@@ -258,6 +271,27 @@ def _count_shown(model, image: Image.Image, name: str, **generation) -> Looks[bo
     return False
 
 
+def _related(model, image: Image.Image, relation: Relation, reply: str,
+             **generation) -> Looks[str]:
+    """The answer to `relation` that the centres of its two objects' boxes give, each found by
+    "Where is the <object>?" and looked at again; `reply` where either is not one box."""
+    centres = []
+    for name in (relation.a, relation.b):
+        question = f"Where is the {name}?"
+        found = yield from answer(model, image, question, **generation)
+        boxes = parse_boxes((yield from looking_again(model, image, question, found, **generation)))
+        if len(boxes) != 1:
+            return reply
+        centres.append(box_centre(boxes[0]))
+    axis, sign = _AXES[relation.direction]
+    further = sign * (centres[0][axis] - centres[1][axis])  # > 0: a lies further that way than b
+    if further == 0:
+        return reply
+    if relation.yes_no:
+        return "Yes." if further > 0 else "No."
+    return f"The {relation.a if further > 0 else relation.b}."
+
+
 def _described_boxes(model, image: Image.Image, group: Grounding,
                      **generation) -> Looks[list[Box]]:
     """A description's group of boxes looked at again: each box whose crop shows no such thing
@@ -317,6 +351,41 @@ def asked_thing(question: str) -> str | None:
     pattern, singular = _vocabulary_words()
     found = {singular[word] for word in pattern.findall(question.lower())}
     return found.pop() if len(found) == 1 else None
+
+
+class Relation(NamedTuple):
+    """A question about where object `a` is against object `b`: "Is the <a> <direction> of the
+    <b>?" (`yes_no`), or "Which is further <direction>, the <a> or the <b>?"."""
+
+    yes_no: bool
+    a: str
+    b: str
+    direction: str  # "left", "right", "above" or "below"
+
+
+_DIRECTIONS = {
+    "left": re.compile(r"\bleft\b"),
+    "right": re.compile(r"\bright\b"),
+    "above": re.compile(r"\b(?:above|higher|top|over)\b"),
+    "below": re.compile(r"\b(?:below|lower|bottom|under|beneath)\b"),
+}
+_AXES = {"left": (0, -1), "right": (0, 1), "above": (1, -1), "below": (1, 1)}  # axis, sign
+
+
+def asked_relation(question: str) -> Relation | None:
+    """Where `question` asks one object of the scenes' vocabulary is against another, as a yes
+    or no ("Is the cat left of the dog?") or which of the two ("Which one is on top: the cat or
+    the dog?"), in one direction; None for any other question."""
+    text = question.lower()
+    pattern, singular = _vocabulary_words()
+    names = [singular[word] for word in pattern.findall(text)]
+    directions = [d for d, words in _DIRECTIONS.items() if words.search(text)]
+    if len(names) != 2 or names[0] == names[1] or len(directions) != 1:
+        return None
+    yes_no = text.split()[0] in ("is", "are", "does", "do")
+    if not yes_no and not re.search(r"\bwhich\b", text):
+        return None
+    return Relation(yes_no, names[0], names[1], directions[0])
 
 
 @functools.lru_cache(maxsize=1)

@@ -6,6 +6,8 @@ from PIL import Image
 
 from cogvlm_lite.grounding import format_box, parse_boxes
 from cogvlm_lite.zoom import (
+    Relation,
+    asked_relation,
     asked_thing,
     crop_around,
     from_crop,
@@ -215,6 +217,59 @@ def test_zoom_in_keeps_a_count_of_a_thing_shown(whole, crops, asked):
     model = ViewModel("[[500,500,600,600]]", whole=whole, crops=crops)
     got = zoom_in(model, Image.new("RGB", (400, 300)), "Count the mice.", "There are 2 mice.")
     assert got == "There are 2 mice." and len(model.asked) == asked
+
+
+class FindingModel:
+    """Boxes a cat high up and a dog low down, wide enough that no crop holds one with its
+    context (so the looks are the box and the mirrored image's, at the same height)."""
+
+    def __init__(self, dog_there: str = "Yes."):
+        self.dog_there = dog_there
+        self.asked: list[str] = []
+
+    def chat(self, image, query, history=(), **generation):
+        self.asked.append(query)
+        if query.startswith("Is there"):
+            return self.dog_there if "dog" in query else "Yes."
+        return {"Where is the cat?": "[[100,100,900,300]]",
+                "Where is the dog?": "[[100,600,900,900]]"}.get(query, "Hmm.")
+
+
+@pytest.mark.parametrize("question, reply, grounded", [
+    ("Is the cat below the dog?", "Yes.", "No."),
+    ("Is the dog lower than the cat?", "No.", "Yes."),
+    ("Which one is on top: the dog or the cat?", "The dog.", "The cat."),
+    ("Between the cat and the dog, which sits lower down?", "The cat.", "The dog."),
+])
+def test_zoom_in_answers_where_one_object_is_against_another_from_their_boxes(question, reply,
+                                                                            grounded):
+    model = FindingModel()
+    assert zoom_in(model, Image.new("RGB", (400, 300)), question, reply) == grounded
+    assert [q for q in model.asked if q.startswith("Where")] == [
+        "Where is the cat?", "Where is the cat?", "Where is the dog?", "Where is the dog?"
+    ] if question.index("cat") < question.index("dog") else [
+        "Where is the dog?", "Where is the dog?", "Where is the cat?", "Where is the cat?"]
+
+
+def test_zoom_in_keeps_a_relation_answer_where_an_object_is_not_found():
+    model = FindingModel(dog_there="No.")  # no dog in the image, nor in its box's crop
+    reply = zoom_in(model, Image.new("RGB", (400, 300)), "Is the cat below the dog?", "Yes.")
+    assert reply == "Yes."
+
+
+@pytest.mark.parametrize("question, relation", [
+    ("Is the cat to the left of the dog?", Relation(True, "cat", "dog", "left")),
+    ("Does the pool ball sit higher up than the frog?", Relation(True, "pool ball", "frog", "above")),
+    ("Is the frog placed under the cat", Relation(True, "frog", "cat", "below")),
+    ("Which is further right, the mice or the cat?", Relation(False, "mouse", "cat", "right")),
+    ("Of the cat and the dog, which is nearer the top edge?", Relation(False, "cat", "dog", "above")),
+    ("Is the cat left of the dog on the right?", None),  # two directions
+    ("How many cats are left of the dog?", None),  # neither yes or no nor which
+    ("Is the cat on the left?", None),  # one object
+    ("Is the cat left of the cat?", None),
+])
+def test_asked_relation_is_where_a_question_asks_one_object_is_against_another(question, relation):
+    assert asked_relation(question) == relation
 
 
 @pytest.mark.parametrize("question, named", [
