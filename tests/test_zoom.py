@@ -272,6 +272,16 @@ def test_asked_relation_is_where_a_question_asks_one_object_is_against_another(q
     assert asked_relation(question) == relation
 
 
+def test_asked_relation_reads_every_wording_the_scenes_ask_it_in():
+    from cogvlm_lite.scenes import _RELATION, _WHICH_OF_TWO, UNSEEN_WORDINGS, VARIED_WORDINGS
+
+    for yes_no, table in ((True, _RELATION), (False, _WHICH_OF_TWO)):
+        for direction, trained in table.items():
+            for wording in (*trained, *VARIED_WORDINGS[trained], *UNSEEN_WORDINGS[trained]):
+                question = wording.format(a="cat", b="pool ball")
+                assert asked_relation(question) == Relation(yes_no, "cat", "pool ball", direction)
+
+
 @pytest.mark.parametrize("question, named", [
     ("Where is the frog?", "frog"), ("Find all the mice.", "mouse"),
     ("Give the bounding boxes of all the pool balls.", "pool ball"),
