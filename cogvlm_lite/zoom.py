@@ -379,7 +379,8 @@ def asked_relation(question: str) -> Relation | None:
     text = question.lower()
     pattern, singular = _vocabulary_words()
     names = [singular[word] for word in pattern.findall(text)]
-    directions = [d for d, words in _DIRECTIONS.items() if words.search(text)]
+    rest = pattern.sub(" ", text)  # "top hat" names a hat, not a direction
+    directions = [d for d, words in _DIRECTIONS.items() if words.search(rest)]
     if len(names) != 2 or names[0] == names[1] or len(directions) != 1:
         return None
     yes_no = text.split()[0] in ("is", "are", "does", "do")

@@ -263,6 +263,7 @@ def test_zoom_in_keeps_a_relation_answer_where_an_object_is_not_found():
     ("Is the frog placed under the cat", Relation(True, "frog", "cat", "below")),
     ("Which is further right, the mice or the cat?", Relation(False, "mouse", "cat", "right")),
     ("Of the cat and the dog, which is nearer the top edge?", Relation(False, "cat", "dog", "above")),
+    ("Is the top hat left of the dog?", Relation(True, "top hat", "dog", "left")),
     ("Is the cat left of the dog on the right?", None),  # two directions
     ("How many cats are left of the dog?", None),  # neither yes or no nor which
     ("Is the cat on the left?", None),  # one object
