@@ -304,6 +304,28 @@ def test_finding_or_counting_what_the_picture_does_not_show_says_so(context, app
             del scripted.scripts[key]
 
 
+def test_where_one_object_is_against_another_is_answered_from_their_boxes(context, app_url,
+                                                                          scripted):
+    looks = {"Where is the cat": ("The cat [[100,100,900,300]].", 0.01),  # high up
+             "Where is the dog": ("The dog [[100,600,900,900]].", 0.01),  # low down
+             "Is there a": ("Yes.", 0.01), "below the dog": ("Yes.", 0.02)}
+    scripted.scripts.update(looks)
+    try:
+        page = open_app(context, app_url)
+        page.click("#samples button.gallery-item:has(img[src$='park.png'])")
+        page.wait_for_selector("#annotated img")
+        start = len(scripted.calls)
+        ask(page, "Is the cat below the dog?")
+        expect(page.locator(BOT).last).to_have_text("No.")
+        finds = [c.query for c in scripted.calls[start:] if c.query.startswith("Where is")]
+        assert finds == 2 * ["Where is the cat?"] + 2 * ["Where is the dog?"]  # each, mirrored too
+        expect(page.locator("#zoom-status")).to_have_text("")
+    finally:
+        scripted.settle()
+        for key in looks:
+            del scripted.scripts[key]
+
+
 def test_a_small_box_is_found_again_on_a_crop_unless_zoom_is_off(context, app_url, scripted):
     small = (0.4, 0.4, 0.45, 0.45)
     scripted.scripts["Where is the frog"] = (f"The frog {format_box(small)}.", 0.02)
