@@ -7,6 +7,7 @@ appear deterministically; other questions go through the tiny model's own genera
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -93,6 +94,17 @@ class ScriptedModel:
                 return
         yield from self.model.stream_chat(image, query, history, **options)
 
+    @contextlib.contextmanager
+    def scripted(self, scripts: dict[str, tuple[str, float]]):
+        """`scripts` answer for the block; after it, once every question is answered, they go."""
+        self.scripts.update(scripts)
+        try:
+            yield
+        finally:
+            self.settle()
+            for key in scripts:
+                del self.scripts[key]
+
     def settle(self, *, quiet: float = 1.0, timeout: float = 120) -> None:
         """Wait until every question is answered and none has come for `quiet` seconds.
 
@@ -159,6 +171,14 @@ def open_app(context, url):
     page = context.new_page()
     page.goto(url)
     page.wait_for_selector("#chat")
+    return page
+
+
+def open_sample(context, url, name: str = "park.png"):
+    """The app with one of its bundled samples picked, once the app shows it beside the chat."""
+    page = open_app(context, url)
+    page.click(f"#samples button.gallery-item:has(img[src$='{name}'])")
+    page.wait_for_selector("#annotated img")
     return page
 
 
@@ -232,9 +252,7 @@ def test_grounded_answer_streams_and_boxes_are_drawn(context, app_url, scripted)
         f"Where is the {thing}?": ("Not here.", 0.01)
         for thing in ("dog", "soccer ball", "tree", "sun")}}
     scripted.scripts.update(looks)
-    page = open_app(context, app_url)
-    page.click("#samples button.gallery-item:has(img[src$='park.png'])")  # a bundled sample
-    page.wait_for_selector("#annotated img")
+    page = open_sample(context, app_url)  # a bundled sample
     before = page.get_attribute("#annotated img", "src")
     start = len(scripted.calls)
     page.click("text=Describe with boxes")
@@ -284,11 +302,8 @@ def test_finding_or_counting_what_the_picture_does_not_show_says_so(context, app
     looks = {"Where is the giraffe": ("The giraffe [[125,556,354,822]].", 0.02),
              "How many giraffes": ("There are 2 giraffes.", 0.02),
              "Is there a giraffe": ("No.", 0.01)}
-    scripted.scripts.update(looks)
-    try:
-        page = open_app(context, app_url)
-        page.click("#samples button.gallery-item:has(img[src$='park.png'])")
-        page.wait_for_selector("#annotated img")
+    with scripted.scripted(looks):
+        page = open_sample(context, app_url)
         before = page.get_attribute("#annotated img", "src")
         start = len(scripted.calls)
         page.fill("#object-name textarea", name)
@@ -298,10 +313,6 @@ def test_finding_or_counting_what_the_picture_does_not_show_says_so(context, app
         assert [c.image_size for c in checks] == [(480, 360), (330, 330)]  # the image, the crop
         expect(page.locator("#annotated img")).to_have_attribute("src", before)  # no box drawn
         expect(page.locator("#zoom-status")).to_have_text("")
-    finally:
-        scripted.settle()
-        for key in looks:
-            del scripted.scripts[key]
 
 
 def test_where_one_object_is_against_another_is_answered_from_their_boxes(context, app_url,
@@ -309,29 +320,20 @@ def test_where_one_object_is_against_another_is_answered_from_their_boxes(contex
     looks = {"Where is the cat": ("The cat [[100,100,900,300]].", 0.01),  # high up
              "Where is the dog": ("The dog [[100,600,900,900]].", 0.01),  # low down
              "Is there a": ("Yes.", 0.01), "below the dog": ("Yes.", 0.02)}
-    scripted.scripts.update(looks)
-    try:
-        page = open_app(context, app_url)
-        page.click("#samples button.gallery-item:has(img[src$='park.png'])")
-        page.wait_for_selector("#annotated img")
+    with scripted.scripted(looks):
+        page = open_sample(context, app_url)
         start = len(scripted.calls)
         ask(page, "Is the cat below the dog?")
         expect(page.locator(BOT).last).to_have_text("No.")
         finds = [c.query for c in scripted.calls[start:] if c.query.startswith("Where is")]
         assert finds == 2 * ["Where is the cat?"] + 2 * ["Where is the dog?"]  # each, mirrored too
         expect(page.locator("#zoom-status")).to_have_text("")
-    finally:
-        scripted.settle()
-        for key in looks:
-            del scripted.scripts[key]
 
 
 def test_a_small_box_is_found_again_on_a_crop_unless_zoom_is_off(context, app_url, scripted):
     small = (0.4, 0.4, 0.45, 0.45)
     scripted.scripts["Where is the frog"] = (f"The frog {format_box(small)}.", 0.02)
-    page = open_app(context, app_url)
-    page.click("#samples button.gallery-item:has(img[src$='park.png'])")
-    page.wait_for_selector("#annotated img")
+    page = open_sample(context, app_url)
     start = len(scripted.calls)
     ask(page, "Where is the frog?")
     first = scripted.call("Where is the frog", after=start)
@@ -434,9 +436,7 @@ def test_default_checkpoint_in_the_browser(browser, default_model, tmp_path):
     url = launch_ui(demo, port=free_port(), block=False, quiet=True)
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     try:
-        page = open_app(context, url)
-        page.click("#samples button.gallery-item:has(img[src$='park.png'])")
-        page.wait_for_selector("#annotated img")
+        page = open_sample(context, url)
         click_image(page, 227, 295)  # one click: a point on the soccer ball
         expect(page.locator("#region")).to_contain_text("point")
         ask(page, "What is this?")
@@ -595,11 +595,8 @@ def test_stop_ends_looking_again_at_boxes_between_two_looks(context, app_url, sc
     # zoom takes 15 looks at the park description's five boxes, a second each
     looks = {DESCRIBE_PROMPT: (PARK_ANSWER, 0.01), "Is there a": ("Yes.", 1.0),
              "Where is the": ("Not here.", 0.5), "quick": ("Quick answer.", 0.02)}
-    scripted.scripts.update(looks)
-    try:
-        page = open_app(context, app_url)
-        page.click("#samples button.gallery-item:has(img[src$='park.png'])")
-        page.wait_for_selector("#annotated img")
+    with scripted.scripted(looks):
+        page = open_sample(context, app_url)
         start = len(scripted.calls)
         page.click("text=Describe with boxes")
         scripted.call("Where is the dog?", after=start)  # the dog's box checked and looked at once
@@ -618,10 +615,6 @@ def test_stop_ends_looking_again_at_boxes_between_two_looks(context, app_url, sc
         quick = scripted.call("quick", after=asked, timeout=10)
         assert quick.history == [(DESCRIBE_PROMPT, PARK_ANSWER)]  # the answer as it streamed
         expect(page.locator(BOT).last).to_have_text("Quick answer.")
-    finally:
-        scripted.settle()
-        for key in looks:
-            del scripted.scripts[key]
 
 
 def test_app_help():
