@@ -269,8 +269,9 @@ class VisionLanguageModel(nn.Module):
         """The reply to `query` about `image` (PIL, path, bytes or None), given past turns.
 
         `zoom`: the reply's boxes (small ones on a crop around them, every look also mirrored,
-        those of an object asked for first checked to be there), or a small region `query` asks
-        about (on a crop), are looked at again (`zoom.zoom_in`);
+        those of an object asked for first checked to be there), a count of an object (checked to
+        be there), where one object is against another (answered from their boxes), or a small
+        region `query` asks about (on a crop), are looked at again (`zoom.zoom_in`);
         a small region's crop is asked first, the whole image only where the crop's answer does
         not do.
         """

@@ -96,6 +96,11 @@ def answer(model, image: Image.Image, question: str, **generation) -> Looks[str]
     return model.chat(image, question, history=[], **generation)
 
 
+def _opened(image) -> Image.Image:
+    """`image` as it is where it is a PIL image, else loaded from its path or bytes."""
+    return image if isinstance(image, Image.Image) else load_image(image)
+
+
 def crop_around(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
     """The square pixel crop (left, top, right, bottom) around `box`, inside the image."""
     x0, y0, x1, y1 = to_pixels(box, width, height)
@@ -163,7 +168,7 @@ def region_look(model, image, question: str, **generation) -> Looks[str | None]:
     if len(regions) != 1 or not _one_small_box(regions[0]):
         return None
     region = regions[0].boxes[0]
-    image = image if isinstance(image, Image.Image) else load_image(image)
+    image = _opened(image)
     crop = crop_around(region, *image.size)
     inside = format_box(to_crop(region, crop, *image.size))
     question = question[: regions[0].start] + inside + question[regions[0].end :]
@@ -194,16 +199,16 @@ def looking_again(model, image, question: str, reply: str, **generation) -> Look
     groundings = parse_groundings(reply)
     relation = None if groundings else asked_relation(question)
     if relation is not None:
-        image = image if isinstance(image, Image.Image) else load_image(image)
+        image = _opened(image)
         return (yield from _related(model, image, relation, reply, **generation))
     name = asked_thing(question)
     if name is not None and not groundings and first_number(reply):
-        image = image if isinstance(image, Image.Image) else load_image(image)
+        image = _opened(image)
         shown = yield from _count_shown(model, image, name, **generation)
         return reply if shown else f"There are no {_plurals()[name]} in the image."
     one_group = len(groundings) == 1 and groundings[0].boxes and not groundings[0].points
     if name is not None and one_group:
-        image = image if isinstance(image, Image.Image) else load_image(image)
+        image = _opened(image)
         group = groundings[0]
         kept = yield from _boxes_shown(model, image, name, group.boxes, **generation)
         if not kept:
@@ -216,7 +221,7 @@ def looking_again(model, image, question: str, reply: str, **generation) -> Look
         g for g in groundings if g.boxes and not g.points and names_thing(g.phrase)]
     if not groups:
         return reply
-    image = image if isinstance(image, Image.Image) else load_image(image)
+    image = _opened(image)
     pieces, done = [], 0
     for g in groups:
         if alone:
