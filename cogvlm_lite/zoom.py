@@ -21,8 +21,9 @@ thing is not. Each box of it is first checked on its crop: "Is there a <thing>?"
 thing, one of it: "two cats" asks for a cat); a box the crop answers "no" to is dropped, its
 phrase kept. The others are asked for again, "Where is the <thing>?": a box that shares its
 group, and one under `SMALL` of the image, on its crop; a group's only box from `SMALL` up as a
-lone reply's is. Points, boxes whose phrase names nothing, and looks whose answer holds no
-single box (or, for a region, any box) are left alone.
+lone reply's is. Two boxes of a group whose looks overlap by more than `SAME_THING` (IoU) box
+one thing twice: it is given once. Points, boxes whose phrase names nothing, and looks whose
+answer holds no single box (or, for a region, any box) are left alone.
 
 The model boxes something for any object asked about, there or not. So a reply of one group of
 boxes to a question that names one object of the scenes' vocabulary ("Where is the dog?", "Find
@@ -61,6 +62,7 @@ from .grounding import (
     format_box,
     format_boxes,
     from_pixels,
+    iou,
     names_thing,
     parse_boxes,
     parse_groundings,
@@ -72,6 +74,7 @@ SMALL = 0.25  # a box whose longer side is under this share of the image's is lo
 TINY = 0.2  # a lone box under this share: only its crop's looks count, not the whole image's
 CONTEXT = 3.0  # the crop's side, in the box's longer side
 MIN_CROP = 0.4  # the crop's smallest side, in the image's shorter side
+SAME_THING = 0.4  # two boxes of a description's group overlapping more (IoU) box one thing
 
 T = TypeVar("T")
 Looks = Generator[None, None, T]  # pauses (yields None) before each answer; returns a T
@@ -300,7 +303,8 @@ def _related(model, image: Image.Image, relation: Relation, reply: str,
 def _described_boxes(model, image: Image.Image, group: Grounding,
                      **generation) -> Looks[list[Box]]:
     """A description's group of boxes looked at again: each box whose crop shows no such thing
-    is dropped; the others become the mean of their looks."""
+    is dropped; the others become the mean of their looks, and one that overlaps a box before
+    it by more than `SAME_THING` (IoU) is given once."""
     name = thing(group.phrase)
     query = f"Where is the {name}?"
     boxes = []
@@ -309,7 +313,9 @@ def _described_boxes(model, image: Image.Image, group: Grounding,
             continue
         whole = len(group.boxes) == 1 and box_side(box) >= SMALL
         mean = yield from look_again(model, image, box, query, whole, **generation)
-        boxes.append(box if mean is None else mean)
+        box = box if mean is None else mean
+        if all(iou(box, other) <= SAME_THING for other in boxes):
+            boxes.append(box)
     return boxes
 
 

@@ -87,8 +87,8 @@ def test_zoom_in_looks_again_at_every_box_of_a_description_by_its_thing():
     # 120); the tree is too large for a crop: the mean of its box and the mirrored image's
     frog = format_box((190 / 400, 135 / 300, 250 / 400, 195 / 300))
     corner = format_box((30 / 400, 30 / 300, 90 / 400, 90 / 300))
-    assert reply == (f"A frog {frog}, a tree [[175,175,825,825]], two cats "
-                     f"[[{corner[2:-2]};{corner[2:-2]}]] and an apple {corner}.")
+    # both cats' looks give the same box: it is given once
+    assert reply == f"A frog {frog}, a tree [[175,175,825,825]], two cats {corner} and an apple {corner}."
     asked = [(size, query) for size, query, _ in model.asked]
     assert asked == [
         ((120, 120), "Is there a frog in the image?"), *2 * [((120, 120), "Where is the frog?")],
@@ -135,6 +135,17 @@ def test_zoom_in_drops_a_description_box_whose_crop_shows_no_such_thing():
     reply = zoom_in(model, Image.new("RGB", (400, 300)), "Describe the image.", DESCRIPTION)
     assert reply == ("A frog, a tree [[100,100,900,900]], two cats and an apple "
                      "[[000,000,050,050]].")
+
+
+@pytest.mark.parametrize("second, kept", [
+    ("[[520,500,620,600]]", 1),  # the same cat, a little to the right: IoU 0.67
+    ("[[580,500,680,600]]", 2),  # another cat, overlapping it: IoU 0.11
+])
+def test_zoom_in_gives_a_box_once_where_two_of_a_group_look_at_one_thing(second, kept):
+    reply = f"Two cats [[500,500,600,600;{second[2:-2]}]] and a tree [[100,100,900,900]]."
+    # no look gives a single box, so the boxes stay as they are
+    looked = zoom_in(CheckingModel("No box."), Image.new("RGB", (400, 300)), "Describe.", reply)
+    assert len(parse_boxes(looked)) == kept + 1
 
 
 def test_zoom_in_keeps_a_description_box_whose_crop_gives_no_single_box():
