@@ -21,8 +21,9 @@ thing is not. Each box of it is first checked on its crop: "Is there a <thing>?"
 thing, one of it: "two cats" asks for a cat); a box the crop answers "no" to is dropped, its
 phrase kept. The others are asked for again, "Where is the <thing>?": a box that shares its
 group, and one under `SMALL` of the image, on its crop; a group's only box from `SMALL` up as a
-lone reply's is. Two boxes of a group whose looks overlap by more than `SAME_THING` (IoU) box
-one thing twice: it is given once. Points, boxes whose phrase names nothing, and looks whose
+lone reply's is. Two boxes of one thing ("two cats [[...;...]]", or "two cats [[...]] and a
+cat [[...]]") whose looks overlap by more than `SAME_THING` (IoU) box it twice: the later one
+is dropped. Points, boxes whose phrase names nothing, and looks whose
 answer holds no single box (or, for a region, any box) are left alone.
 
 The model boxes something for any object asked about, there or not. So a reply of one group of
@@ -74,7 +75,7 @@ SMALL = 0.25  # a box whose longer side is under this share of the image's is lo
 TINY = 0.2  # a lone box under this share: only its crop's looks count, not the whole image's
 CONTEXT = 3.0  # the crop's side, in the box's longer side
 MIN_CROP = 0.4  # the crop's smallest side, in the image's shorter side
-SAME_THING = 0.4  # two boxes of a description's group overlapping more (IoU) box one thing
+SAME_THING = 0.4  # two boxes of one thing in a description overlapping more (IoU) box it twice
 
 T = TypeVar("T")
 Looks = Generator[None, None, T]  # pauses (yields None) before each answer; returns a T
@@ -226,13 +227,14 @@ def looking_again(model, image, question: str, reply: str, **generation) -> Look
         return reply
     image = _opened(image)
     pieces, done = [], 0
+    given: dict[str, list[Box]] = {}  # a description's boxes so far, by their thing
     for g in groups:
         if alone:
             box = yield from look_again(model, image, g.boxes[0], question,
                                         box_side(g.boxes[0]) >= TINY, **generation)
             boxes = g.boxes if box is None else [box]
         else:
-            boxes = yield from _described_boxes(model, image, g, **generation)
+            boxes = yield from _described_boxes(model, image, g, given, **generation)
         if boxes == g.boxes:
             continue
         before = reply[done : g.start]
@@ -300,13 +302,14 @@ def _related(model, image: Image.Image, relation: Relation, reply: str,
     return f"The {relation.a if further > 0 else relation.b}."
 
 
-def _described_boxes(model, image: Image.Image, group: Grounding,
+def _described_boxes(model, image: Image.Image, group: Grounding, given: dict[str, list[Box]],
                      **generation) -> Looks[list[Box]]:
     """A description's group of boxes looked at again: each box whose crop shows no such thing
-    is dropped; the others become the mean of their looks, and one that overlaps a box before
-    it by more than `SAME_THING` (IoU) is given once."""
+    is dropped; the others become the mean of their looks, and one that overlaps a box `given`
+    for the same thing by more than `SAME_THING` (IoU) is dropped too (the others are added)."""
     name = thing(group.phrase)
     query = f"Where is the {name}?"
+    before = given.setdefault(name, [])
     boxes = []
     for box in group.boxes:
         if not (yield from _shown_on_crop(model, image, box, name, **generation)):
@@ -314,8 +317,9 @@ def _described_boxes(model, image: Image.Image, group: Grounding,
         whole = len(group.boxes) == 1 and box_side(box) >= SMALL
         mean = yield from look_again(model, image, box, query, whole, **generation)
         box = box if mean is None else mean
-        if all(iou(box, other) <= SAME_THING for other in boxes):
+        if all(iou(box, other) <= SAME_THING for other in before):
             boxes.append(box)
+            before.append(box)
     return boxes
 
 
