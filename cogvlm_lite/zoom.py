@@ -39,7 +39,9 @@ A question about where one such object is against another, as a yes or no ("Is t
 the dog?") or which of the two ("Which one is on top: the cat or the dog?"), is answered from
 boxes: each object is found ("Where is the cat?") and that reply looked at again as above, and
 the centres of the two boxes give the answer ("Yes." or "No.", "The cat."). Where either object
-is not found as one box, the reply stands.
+is not found as one box, the reply stands. Asked which object is the smallest or the largest, the
+model describes the image with boxes (`DESCRIBE`), the description is looked at again as above,
+and the thing of the smallest or largest box is the answer ("The cat.").
 
 `looking_again` is `zoom_in` one look at a time: it pauses before each question it asks the
 model, so a caller knows a look is coming and can stop between looks (the browser UI's Stop).
@@ -58,6 +60,7 @@ from .evaluate import first_number, first_yes_no, without_count
 from .grounding import (
     Box,
     Grounding,
+    box_area,
     box_centre,
     box_side,
     format_box,
@@ -75,6 +78,8 @@ SMALL = 0.25  # a box whose longer side is under this share of the image's is lo
 TINY = 0.2  # a lone box under this share: only its crop's looks count, not the whole image's
 CONTEXT = 3.0  # the crop's side, in the box's longer side
 MIN_CROP = 0.4  # the crop's smallest side, in the image's shorter side
+DESCRIBE = "Give a grounded description of the image."  # asked where a size is compared
+DESCRIBE_TOKENS = 256  # the description's room, whatever the question's
 SAME_THING = 0.4  # two boxes of one thing in a description overlapping more (IoU) box it twice
 
 T = TypeVar("T")
@@ -205,6 +210,10 @@ def looking_again(model, image, question: str, reply: str, **generation) -> Look
     if relation is not None:
         image = _opened(image)
         return (yield from _related(model, image, relation, reply, **generation))
+    extreme = None if groundings else asked_size(question)
+    if extreme is not None:
+        image = _opened(image)
+        return (yield from _sized(model, image, extreme, reply, **generation))
     name = asked_thing(question)
     if name is not None and not groundings and first_number(reply):
         image = _opened(image)
@@ -300,6 +309,21 @@ def _related(model, image: Image.Image, relation: Relation, reply: str,
     if relation.yes_no:
         return "Yes." if further > 0 else "No."
     return f"The {relation.a if further > 0 else relation.b}."
+
+
+def _sized(model, image: Image.Image, extreme: str, reply: str, **generation) -> Looks[str]:
+    """The thing whose box is the `extreme` ("smallest" or "largest") in the model's description
+    of `image`, looked at again; `reply` where the description boxes nothing it names."""
+    described = {**generation, "max_new_tokens": max(generation.get("max_new_tokens", 0),
+                                                     DESCRIBE_TOKENS)}
+    text = yield from answer(model, image, DESCRIBE, **described)
+    text = yield from looking_again(model, image, DESCRIBE, text, **described)
+    sized = [(box_area(box), thing(g.phrase)) for g in parse_groundings(text)
+             if names_thing(g.phrase) for box in g.boxes]
+    if not sized:
+        return reply
+    _, name = (min if extreme == "smallest" else max)(sized)
+    return f"The {name}."
 
 
 def _described_boxes(model, image: Image.Image, group: Grounding, given: dict[str, list[Box]],
@@ -402,6 +426,23 @@ def asked_relation(question: str) -> Relation | None:
     if not yes_no and not re.search(r"\bwhich\b", text):
         return None
     return Relation(yes_no, names[0], names[1], directions[0])
+
+
+_SIZES = {
+    "smallest": re.compile(r"\b(?:smallest|tiniest|least space)\b"),
+    "largest": re.compile(r"\b(?:largest|biggest|most space)\b"),
+}
+
+
+def asked_size(question: str) -> str | None:
+    """"smallest" or "largest" where `question` asks which object of the image is ("Which object
+    is the smallest?", "Name the object that takes up the most space."); None for any other
+    question, and for one that names an object of the scenes' vocabulary or several sizes."""
+    text = question.lower()
+    sizes = [size for size, words in _SIZES.items() if words.search(text)]
+    if len(sizes) != 1 or _vocabulary_words()[0].search(text):
+        return None
+    return sizes[0]
 
 
 @functools.lru_cache(maxsize=1)

@@ -6,8 +6,11 @@ from PIL import Image
 
 from cogvlm_lite.grounding import format_box, parse_boxes
 from cogvlm_lite.zoom import (
+    DESCRIBE,
+    DESCRIBE_TOKENS,
     Relation,
     asked_relation,
+    asked_size,
     asked_thing,
     crop_around,
     from_crop,
@@ -293,6 +296,64 @@ def test_asked_relation_reads_every_wording_the_scenes_ask_it_in():
             for wording in (*trained, *VARIED_WORDINGS[trained], *UNSEEN_WORDINGS[trained]):
                 question = wording.format(a="cat", b="pool ball")
                 assert asked_relation(question) == Relation(yes_no, "cat", "pool ball", direction)
+
+
+class DescribingModel(CheckingModel):
+    """Describes the image as `description`; says every thing asked about is there, and gives
+    no single box for it (so each box stays as described)."""
+
+    def __init__(self, description: str):
+        super().__init__("No box.")
+        self.description = description
+
+    def chat(self, image, query, history=(), **generation):
+        answer = super().chat(image, query, history, **generation)
+        return self.description if query == DESCRIBE else answer
+
+
+SIZED = ("A dog [[100,100,600,600]], two ants [[700,700,750,760;800,100,900,200]] and a cat "
+         "[[000,700,200,900]].")
+
+
+@pytest.mark.parametrize("question, reply, answer", [
+    ("Which object is the smallest?", "The cat.", "The ant."),
+    ("Name the object that takes up the most space.", "The ant.", "The dog."),
+])
+def test_zoom_in_answers_which_object_is_the_smallest_or_largest_from_a_description(question,
+                                                                                   reply, answer):
+    model = DescribingModel(SIZED)
+    assert zoom_in(model, Image.new("RGB", (400, 300)), question, reply,
+                   max_new_tokens=24) == answer
+    described = model.asked[0]
+    assert described[1] == DESCRIBE and described[2]["max_new_tokens"] == DESCRIBE_TOKENS
+
+
+def test_zoom_in_keeps_the_reply_where_the_description_boxes_nothing():
+    model = DescribingModel("A dog and a cat.")
+    assert zoom_in(model, Image.new("RGB", (400, 300)), "Which object is the biggest?",
+                   "The cat.") == "The cat."
+
+
+@pytest.mark.parametrize("question, size", [
+    ("Which object is the smallest?", "smallest"),
+    ("What is the tiniest object in the image?", "smallest"),
+    ("Name the object that takes up the least space.", "smallest"),
+    ("What is the biggest thing in the image?", "largest"),
+    ("Is the cat the smallest?", None),  # names an object
+    ("Which is the smallest and which the largest?", None),
+    ("Which object is furthest to the left?", None),
+])
+def test_asked_size_is_which_object_is_the_smallest_or_largest(question, size):
+    assert asked_size(question) == size
+
+
+def test_asked_size_reads_every_wording_the_scenes_ask_it_in():
+    from cogvlm_lite.scenes import _EXTREME, UNSEEN_WORDINGS, VARIED_WORDINGS
+
+    for kind, size in (("smallest", "smallest"), ("biggest", "largest")):
+        trained = _EXTREME[kind]
+        for question in (*trained, *VARIED_WORDINGS[trained], *UNSEEN_WORDINGS[trained]):
+            assert asked_size(question) == size, question
 
 
 @pytest.mark.parametrize("question, named", [
