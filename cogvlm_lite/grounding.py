@@ -108,13 +108,15 @@ def _parse_member(member: str) -> tuple[float, ...] | None:
 def _phrase(before: str) -> str:
     """The phrase a group refers to, from the text between the previous group and this one.
 
-    The text is cut after its last sentence boundary (``. ! ? : ;`` or a newline), stripped of
-    spaces and punctuation, and filler words ("the", "a", "is", "at", ...) are dropped from both
-    ends while at least one word remains: "There is a red apple" gives "red apple".
+    The text is cut after its last sentence boundary (``. ! ? : ;`` or a newline) and its last
+    comma between words (in "a cat, a dog [[...]]" the box is the dog's), stripped of spaces and
+    punctuation, and filler words ("the", "a", "is", "at", ...) are dropped from both ends while
+    at least one word remains: "There is a red apple" gives "red apple".
     """
     cuts = list(_SENTENCE_END.finditer(before))
     if cuts:
         before = before[cuts[-1].end() :]
+    before = before.rstrip(_PHRASE_PUNCT).rsplit(",", 1)[-1]
     words = before.strip(_PHRASE_PUNCT).split()
     while len(words) > 1 and words[0].lower().strip(_PHRASE_PUNCT) in _FILLERS:
         words.pop(0)

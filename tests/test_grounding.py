@@ -98,6 +98,9 @@ def test_phrase_edge_cases():
     # A lone filler word is kept rather than leaving nothing.
     assert parse_groundings("the [[1,2,3,4]]")[0].phrase == "the"
     assert parse_groundings("A cat, [[1,2,3,4]]")[0].phrase == "cat"
+    # In a list, a box is the last item's.
+    assert parse_groundings("A cat, a dog [[1,2,3,4]]")[0].phrase == "dog"
+    assert parse_groundings("A bow and arrow [[1,2,3,4]]")[0].phrase == "bow and arrow"
     assert parse_groundings("猫 [[1,2,3,4]]")[0].phrase == "猫"
     # An unreadable group still ends the previous phrase.
     assert parse_groundings("dog [[x]] cat [[1,2,3,4]]")[0].phrase == "cat"
