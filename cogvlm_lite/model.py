@@ -270,8 +270,9 @@ class VisionLanguageModel(nn.Module):
 
         `zoom`: the reply's boxes (small ones on a crop around them, every look also mirrored,
         those of an object asked for first checked to be there), a count of an object (checked to
-        be there), where one object is against another (answered from their boxes), or a small
-        region `query` asks about (on a crop), are looked at again (`zoom.zoom_in`);
+        be there), where one object is against another (answered from their boxes), which is the
+        smallest or largest (from a description's boxes), or a small region `query` asks about
+        (on a crop), are looked at again (`zoom.zoom_in`);
         a small region's crop is asked first, the whole image only where the crop's answer does
         not do.
         """

@@ -188,13 +188,14 @@ def region_look(model, image, question: str, **generation) -> Looks[str | None]:
 def zoom_in(model, image, question: str, reply: str, **generation) -> str:
     """`reply`, looked at again: a lone box on its crop and in the mirror image, a description's
     boxes checked and looked at on their crops, the small region `question` is about on a crop,
-    an object asked for or counted checked, or where one object is against another answered from
-    their boxes.
+    an object asked for or counted checked, where one object is against another answered from
+    their boxes, or which object is the smallest or largest from a description's.
 
     `model` answers with `model.chat`, given `generation` (generation settings, `system`). Each
     look is asked without the conversation's earlier turns: `question` itself when the reply
     is one box, "Where is the <thing>?" for each box of a description and each object of a
-    relation, and `question` in the crop's coordinates for a region (see the module's doc).
+    relation, `DESCRIBE` where sizes are compared, and `question` in the crop's coordinates for
+    a region (see the module's doc).
     """
     return run_looks(looking_again(model, image, question, reply, **generation))
 
