@@ -29,7 +29,7 @@ from tiny import tiny_config
 from cogvlm_lite import build_model
 from cogvlm_lite.grounding import format_box, parse_boxes
 from cogvlm_lite.ui import DESCRIBE_PROMPT, build_ui, launch_ui, region_text, render_answer, with_region
-from cogvlm_lite.zoom import crop_around, from_crop, to_crop
+from cogvlm_lite.zoom import DESCRIBE, crop_around, from_crop, to_crop
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "docs" / "samples"
@@ -327,6 +327,19 @@ def test_where_one_object_is_against_another_is_answered_from_their_boxes(contex
         expect(page.locator(BOT).last).to_have_text("No.")
         finds = [c.query for c in scripted.calls[start:] if c.query.startswith("Where is")]
         assert finds == 2 * ["Where is the cat?"] + 2 * ["Where is the dog?"]  # each, mirrored too
+        expect(page.locator("#zoom-status")).to_have_text("")
+
+
+def test_which_object_is_the_smallest_is_answered_from_a_description(context, app_url, scripted):
+    looks = {DESCRIBE: ("A dog [[100,100,600,600]] and an ant [[700,700,760,760]].", 0.01),
+             "Is there a": ("Yes.", 0.01), "Where is the": ("No box.", 0.01),
+             "the smallest": ("The dog.", 0.02)}
+    with scripted.scripted(looks):
+        page = open_sample(context, app_url)
+        start = len(scripted.calls)
+        ask(page, "Which object is the smallest?")
+        expect(page.locator(BOT).last).to_have_text("The ant.")
+        assert scripted.call("Give a grounded", after=start).options["max_new_tokens"] >= 256
         expect(page.locator("#zoom-status")).to_have_text("")
 
 
