@@ -23,8 +23,8 @@ phrase kept. The others are asked for again, "Where is the <thing>?": a box that
 group, and one under `SMALL` of the image, on its crop; a group's only box from `SMALL` up as a
 lone reply's is. Two boxes of one thing ("two cats [[...;...]]", or "two cats [[...]] and a
 cat [[...]]") whose looks overlap by more than `SAME_THING` (IoU) box it twice: the later one
-is dropped. Points, boxes whose phrase names nothing, and looks whose
-answer holds no single box (or, for a region, any box) are left alone.
+is dropped. Points, boxes whose phrase names nothing, and looks whose answer holds no single
+box (or, for a region, any box) are left alone.
 
 The model boxes something for any object asked about, there or not. So a reply of one group of
 boxes to a question that names one object of the scenes' vocabulary ("Where is the dog?", "Find
@@ -331,7 +331,8 @@ def _described_boxes(model, image: Image.Image, group: Grounding, given: dict[st
                      **generation) -> Looks[list[Box]]:
     """A description's group of boxes looked at again: each box whose crop shows no such thing
     is dropped; the others become the mean of their looks, and one that overlaps a box `given`
-    for the same thing by more than `SAME_THING` (IoU) is dropped too (the others are added)."""
+    for the same thing by more than `SAME_THING` (IoU) is dropped too. The boxes kept are added
+    to `given`."""
     name = thing(group.phrase)
     query = f"Where is the {name}?"
     before = given.setdefault(name, [])
