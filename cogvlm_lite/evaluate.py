@@ -450,6 +450,13 @@ def _precision(matched: int, predicted: int, items: int) -> float | None:
     return matched / predicted if predicted else 0.0
 
 
+def answered_right(question: dict, prediction: str) -> bool:
+    """Whether `prediction` answers `question` (a questions file's record) right, as `score`
+    counts it."""
+    kind = question.get("type") or "other"
+    return bool(_score_one(kind, str(question["id"]), question["answer"], prediction, _Tally()))
+
+
 def score(questions: Sequence[dict], predictions: Sequence[dict]) -> dict:
     """Metrics per task type, overall, and counts of missing and unknown predictions.
 

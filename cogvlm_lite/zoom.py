@@ -38,10 +38,11 @@ where none shows one, the reply becomes "There are no dogs in the image.".
 A question about where one such object is against another, as a yes or no ("Is the cat left of
 the dog?") or which of the two ("Which one is on top: the cat or the dog?"), is answered from
 boxes: each object is found ("Where is the cat?") and that reply looked at again as above, and
-the centres of the two boxes give the answer ("Yes." or "No.", "The cat."). Where either object
-is not found as one box, the reply stands. Asked which object is the smallest or the largest, the
-model describes the image with boxes (`DESCRIBE`), the description is looked at again as above,
-and the thing of the smallest or largest box is the answer ("The cat.").
+the centres of the two boxes give the answer, which shows the boxes ("No. The cat [[...]] is
+higher up, the dog [[...]] lower down.", "The cat [[...]]."). Where either object is not found
+as one box, the reply stands. Asked which object is the smallest or the largest, the model
+describes the image with boxes (`DESCRIBE`), the description is looked at again as above, and
+the thing of the smallest or largest box is the answer, with that box ("The cat [[...]].").
 
 `looking_again` is `zoom_in` one look at a time: it pauses before each question it asks the
 model, so a caller knows a look is coming and can stop between looks (the browser UI's Stop).
@@ -294,22 +295,27 @@ def _count_shown(model, image: Image.Image, name: str, **generation) -> Looks[bo
 def _related(model, image: Image.Image, relation: Relation, reply: str,
              **generation) -> Looks[str]:
     """The answer to `relation` that the centres of its two objects' boxes give, each found by
-    "Where is the <object>?" and looked at again; `reply` where either is not one box."""
-    centres = []
+    "Where is the <object>?" and looked at again, with those boxes: "No. The cat [[...]] is to the
+    right, the dog [[...]] to the left." or "The cat [[...]]."; `reply` where either is not one
+    box."""
+    boxes = []
     for name in (relation.a, relation.b):
         question = f"Where is the {name}?"
         found = yield from answer(model, image, question, **generation)
-        boxes = parse_boxes((yield from looking_again(model, image, question, found, **generation)))
-        if len(boxes) != 1:
+        looked = parse_boxes((yield from looking_again(model, image, question, found, **generation)))
+        if len(looked) != 1:
             return reply
-        centres.append(box_centre(boxes[0]))
+        boxes.append(looked[0])
     axis, sign = _AXES[relation.direction]
-    further = sign * (centres[0][axis] - centres[1][axis])  # > 0: a lies further that way than b
-    if further == 0:
+    a, b = (box_centre(box)[axis] for box in boxes)
+    if a == b:
         return reply
-    if relation.yes_no:
-        return "Yes." if further > 0 else "No."
-    return f"The {relation.a if further > 0 else relation.b}."
+    if not relation.yes_no:
+        name, box = (relation.a, boxes[0]) if sign * (a - b) > 0 else (relation.b, boxes[1])
+        return f"The {name} {format_box(box)}."
+    first, second = _SIDES[axis] if a < b else _SIDES[axis][::-1]
+    return (f"{'Yes' if sign * (a - b) > 0 else 'No'}. The {relation.a} {format_box(boxes[0])} is "
+            f"{first}, the {relation.b} {format_box(boxes[1])} {second}.")
 
 
 def _sized(model, image: Image.Image, extreme: str, reply: str, **generation) -> Looks[str]:
@@ -319,12 +325,12 @@ def _sized(model, image: Image.Image, extreme: str, reply: str, **generation) ->
                                                      DESCRIBE_TOKENS)}
     text = yield from answer(model, image, DESCRIBE, **described)
     text = yield from looking_again(model, image, DESCRIBE, text, **described)
-    sized = [(box_area(box), thing(g.phrase)) for g in parse_groundings(text)
+    sized = [(box_area(box), thing(g.phrase), box) for g in parse_groundings(text)
              if names_thing(g.phrase) for box in g.boxes]
     if not sized:
         return reply
-    _, name = (min if extreme == "smallest" else max)(sized)
-    return f"The {name}."
+    _, name, box = (min if extreme == "smallest" else max)(sized)
+    return f"The {name} {format_box(box)}."
 
 
 def _described_boxes(model, image: Image.Image, group: Grounding, given: dict[str, list[Box]],
@@ -411,6 +417,7 @@ _DIRECTIONS = {
     "below": re.compile(r"\b(?:below|lower|bottom|under|beneath)\b"),
 }
 _AXES = {"left": (0, -1), "right": (0, 1), "above": (1, -1), "below": (1, 1)}  # axis, sign
+_SIDES = (("to the left", "to the right"), ("higher up", "lower down"))  # by axis: lower, higher
 
 
 def asked_relation(question: str) -> Relation | None:

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from cogvlm_lite.evaluate import match_boxes, normalize, read_questions, run_vqa, score_files
+from cogvlm_lite.evaluate import answered_right, match_boxes, normalize, read_questions, run_vqa, score_files
 from cogvlm_lite.grounding import box_side, iou, parse_boxes, parse_groundings
 from cogvlm_lite.images import load_image
 from cogvlm_lite.model import CONFIG_NAME, DEFAULT_CHECKPOINT, WEIGHTS_NAME
@@ -124,14 +124,13 @@ def zoomed_where_wrong(model, scenes, asks, most: int | None = None):
         if q["type"] == "spatial" and asks(q["question"]):
             image = load_image(scenes / q["image"])
             reply = model.chat(image, q["question"], max_new_tokens=24)
-            if normalize(reply) != normalize(q["answer"]):
+            if not answered_right(q, reply):
                 wrong.append((image, q))
             if len(wrong) == most:
                 break
     zoomed = [model.chat(image, q["question"], max_new_tokens=24, zoom=True) for image, q in wrong]
-    answers = [q["answer"] for _, q in wrong]
-    right = sum(normalize(r) == normalize(a) for r, a in zip(zoomed, answers, strict=True))
-    return len(wrong), right, zoomed, answers
+    right = sum(answered_right(q, reply) for (_, q), reply in zip(wrong, zoomed, strict=True))
+    return len(wrong), right, zoomed, [q["answer"] for _, q in wrong]
 
 
 @pytest.mark.weights

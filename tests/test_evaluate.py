@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from cogvlm_lite.evaluate import (
+    answered_right,
     baseline_predictions,
     read_jsonl,
     read_predictions,
@@ -125,6 +126,21 @@ def test_perfect_predictions_score_one_everywhere():
             assert rates and all(v in (1.0, None) for v in rates.values()), (kind, entry)
             empty = {k for k, v in rates.items() if v is None}
             assert empty <= {"acc_small", "centred_small", "scale_small"}, (kind, empty)
+
+
+@pytest.mark.parametrize("kind, answer, prediction, right", [
+    ("spatial", "No.", "No. The cat [[100,100,300,300]] is higher up, the dog [[100,600,300,900]] "
+     "lower down.", True),
+    ("spatial", "Yes.", "No. The cat [[100,100,300,300]] is higher up.", False),
+    ("spatial", "The cat.", "The cat [[100,100,300,300]].", True),
+    ("spatial", "The cat.", "The dog [[100,100,300,300]].", False),
+    ("rec", BOX, "It is here: [[110,100,300,310]].", True),
+    ("count", "There are 3 cats.", "Three.", True),
+])
+def test_answered_right_is_what_score_counts(kind, answer, prediction, right):
+    question = q("a", kind, answer)
+    assert answered_right(question, prediction) is right
+    assert score([question], [{"id": "a", "prediction": prediction}])["overall"]["correct"] == right
 
 
 def test_mixed_predictions_give_exact_numbers():

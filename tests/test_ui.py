@@ -322,9 +322,11 @@ def test_where_one_object_is_against_another_is_answered_from_their_boxes(contex
              "Is there a": ("Yes.", 0.01), "below the dog": ("Yes.", 0.02)}
     with scripted.scripted(looks):
         page = open_sample(context, app_url)
+        before = page.get_attribute("#annotated img", "src")
         start = len(scripted.calls)
         ask(page, "Is the cat below the dog?")
-        expect(page.locator(BOT).last).to_have_text("No.")
+        expect(page.locator(BOT).last).to_contain_text("No. The cat is higher up, the dog lower down.")
+        expect(page.locator("#annotated img")).not_to_have_attribute("src", before)  # both boxed
         finds = [c.query for c in scripted.calls[start:] if c.query.startswith("Where is")]
         assert finds == 2 * ["Where is the cat?"] + 2 * ["Where is the dog?"]  # each, mirrored too
         expect(page.locator("#zoom-status")).to_have_text("")
@@ -336,9 +338,11 @@ def test_which_object_is_the_smallest_is_answered_from_a_description(context, ap
              "the smallest": ("The dog.", 0.02)}
     with scripted.scripted(looks):
         page = open_sample(context, app_url)
+        before = page.get_attribute("#annotated img", "src")
         start = len(scripted.calls)
         ask(page, "Which object is the smallest?")
-        expect(page.locator(BOT).last).to_have_text("The ant.")
+        expect(page.locator(BOT).last).to_contain_text("The ant.")
+        expect(page.locator("#annotated img")).not_to_have_attribute("src", before)  # its box
         assert scripted.call("Give a grounded", after=start).options["max_new_tokens"] >= 256
         expect(page.locator("#zoom-status")).to_have_text("")
 

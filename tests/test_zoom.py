@@ -4,7 +4,7 @@ which replies are left alone."""
 import pytest
 from PIL import Image
 
-from cogvlm_lite.grounding import format_box, parse_boxes
+from cogvlm_lite.grounding import format_box, parse_boxes, parse_groundings
 from cogvlm_lite.zoom import (
     DESCRIBE,
     DESCRIBE_TOKENS,
@@ -250,16 +250,20 @@ class FindingModel:
                 "Where is the dog?": "[[100,600,900,900]]"}.get(query, "Hmm.")
 
 
+CAT, DOG = "[[100,100,900,300]]", "[[100,600,900,900]]"  # as FindingModel boxes them
+
+
 @pytest.mark.parametrize("question, reply, grounded", [
-    ("Is the cat below the dog?", "Yes.", "No."),
-    ("Is the dog lower than the cat?", "No.", "Yes."),
-    ("Which one is on top: the dog or the cat?", "The dog.", "The cat."),
-    ("Between the cat and the dog, which sits lower down?", "The cat.", "The dog."),
+    ("Is the cat below the dog?", "Yes.", f"No. The cat {CAT} is higher up, the dog {DOG} lower down."),
+    ("Is the dog lower than the cat?", "No.", f"Yes. The dog {DOG} is lower down, the cat {CAT} higher up."),
+    ("Which one is on top: the dog or the cat?", "The dog.", f"The cat {CAT}."),
+    ("Between the cat and the dog, which sits lower down?", "The cat.", f"The dog {DOG}."),
 ])
 def test_zoom_in_answers_where_one_object_is_against_another_from_their_boxes(question, reply,
                                                                             grounded):
     model = FindingModel()
     assert zoom_in(model, Image.new("RGB", (400, 300)), question, reply) == grounded
+    assert {g.phrase for g in parse_groundings(grounded)} <= {"cat", "dog"}  # each box's label
     assert [q for q in model.asked if q.startswith("Where")] == [
         "Where is the cat?", "Where is the cat?", "Where is the dog?", "Where is the dog?"
     ] if question.index("cat") < question.index("dog") else [
@@ -316,8 +320,8 @@ SIZED = ("A dog [[100,100,600,600]], two ants [[700,700,750,760;800,100,900,200]
 
 
 @pytest.mark.parametrize("question, reply, answer", [
-    ("Which object is the smallest?", "The cat.", "The ant."),
-    ("Name the object that takes up the most space.", "The ant.", "The dog."),
+    ("Which object is the smallest?", "The cat.", "The ant [[700,700,750,760]]."),
+    ("Name the object that takes up the most space.", "The ant.", "The dog [[100,100,600,600]]."),
 ])
 def test_zoom_in_answers_which_object_is_the_smallest_or_largest_from_a_description(question,
                                                                                    reply, answer):
