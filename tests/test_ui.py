@@ -27,7 +27,7 @@ from playwright.sync_api import expect, sync_playwright
 from tiny import tiny_config
 
 from cogvlm_lite import build_model
-from cogvlm_lite.grounding import format_box, parse_boxes
+from cogvlm_lite.grounding import format_box, parse_boxes, parse_groundings
 from cogvlm_lite.ui import DESCRIBE_PROMPT, build_ui, launch_ui, region_text, render_answer, with_region
 from cogvlm_lite.zoom import DESCRIBE, crop_around, from_crop, to_crop
 
@@ -460,21 +460,22 @@ def test_default_checkpoint_in_the_browser(browser, default_model, tmp_path):
         watched.call("What is this", timeout=120)
         expect(page.locator(BOT).last).to_have_text("A soccer ball.")
         start = len(watched.calls)
-        ask(page, "What do you see?")
-        watched.call("What do you see", after=start, timeout=120)
-        expect(page.locator(BOT).last).to_contain_text("dog")
-        start = len(watched.calls)
         page.fill("#object-name textarea", "dog")
         page.click("button:text-is('Find it')")
         watched.call("Where is the dog", after=start, timeout=120)
         expect(page.locator(BOT).last).to_contain_text("]]")  # a whole box has streamed in
         watched.settle()  # a small box is asked for again on a crop (zoom) after it streamed
-        answer = page.locator(BOT).last.text_content()  # the raw boxes sit in a folded part
-        found = parse_boxes(answer)
-        dog = parse_boxes(PARK_ANSWER)[0]
-        assert found, answer
-        x, y = (found[0][0] + found[0][2]) / 2, (found[0][1] + found[0][3]) / 2
-        assert dog[0] <= x <= dog[2] and dog[1] <= y <= dog[3], (answer, dog)  # centred on the dog
+        dog, ball, sun = (parse_groundings(PARK_ANSWER)[i].boxes[0] for i in (0, 2, 4))
+        found = parse_boxes(page.locator(BOT).last.text_content())  # in the answer's folded part
+        assert len(found) == 1 and centred_on(found[0], dog), found
+        start = len(watched.calls)
+        ask(page, "Is the soccer ball below the sun?")  # answered from both objects' boxes
+        watched.call("Is the soccer ball below the sun", after=start, timeout=120)
+        expect(page.locator(BOT).last).to_contain_text(
+            "Yes. The soccer ball is lower down, the sun higher up.", timeout=120_000)
+        expect(page.locator("#zoom-status")).to_have_text("")
+        found = parse_boxes(page.locator(BOT).last.text_content())
+        assert len(found) == 2 and centred_on(found[0], ball) and centred_on(found[1], sun), found
         page.wait_for_function("() => { const img = document.querySelector('#annotated img');"
                                " return img.complete && img.naturalWidth > 0; }")
         page.mouse.move(0, 0)
@@ -487,6 +488,12 @@ def test_default_checkpoint_in_the_browser(browser, default_model, tmp_path):
     finally:
         context.close()
         demo.close()
+
+
+def centred_on(box, reference) -> bool:
+    """Whether `box`'s centre lies inside `reference`."""
+    x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return reference[0] <= x <= reference[2] and reference[1] <= y <= reference[3]
 
 
 def truncated_png() -> bytes:
