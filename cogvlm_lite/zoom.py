@@ -310,12 +310,13 @@ def _related(model, image: Image.Image, relation: Relation, reply: str,
     a, b = (box_centre(box)[axis] for box in boxes)
     if a == b:
         return reply
+    further = sign * (a - b) > 0  # a lies further that way than b
     if not relation.yes_no:
-        name, box = (relation.a, boxes[0]) if sign * (a - b) > 0 else (relation.b, boxes[1])
+        name, box = (relation.a, boxes[0]) if further else (relation.b, boxes[1])
         return f"The {name} {format_box(box)}."
-    first, second = _SIDES[axis] if a < b else _SIDES[axis][::-1]
-    return (f"{'Yes' if sign * (a - b) > 0 else 'No'}. The {relation.a} {format_box(boxes[0])} is "
-            f"{first}, the {relation.b} {format_box(boxes[1])} {second}.")
+    side_a, side_b = _SIDES[axis] if a < b else _SIDES[axis][::-1]
+    return (f"{'Yes' if further else 'No'}. The {relation.a} {format_box(boxes[0])} is {side_a}, "
+            f"the {relation.b} {format_box(boxes[1])} {side_b}.")
 
 
 def _sized(model, image: Image.Image, extreme: str, reply: str, **generation) -> Looks[str]:
@@ -417,7 +418,7 @@ _DIRECTIONS = {
     "below": re.compile(r"\b(?:below|lower|bottom|under|beneath)\b"),
 }
 _AXES = {"left": (0, -1), "right": (0, 1), "above": (1, -1), "below": (1, 1)}  # axis, sign
-_SIDES = (("to the left", "to the right"), ("higher up", "lower down"))  # by axis: lower, higher
+_SIDES = (("to the left", "to the right"), ("higher up", "lower down"))  # by axis: nearer 0, 999
 
 
 def asked_relation(question: str) -> Relation | None:
