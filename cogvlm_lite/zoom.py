@@ -14,7 +14,10 @@ one box is asked the same question again. A box of `TINY` of the image or more b
 of its box, the mirrored whole image's and, where the box fits its crop with all its context
 (`CONTEXT` times its longer side within the image's shorter side), the two looks at that crop;
 one under `TINY` becomes the mean of its crop's two looks alone, since the whole image boxes
-such objects poorly.
+such objects poorly. The encoder sees every image squeezed to a square: an image more oblong
+than any training scene (`TRAINED_ASPECT`) shows its objects out of shape there, so for such an
+image the whole image's two looks are taken at the largest square around the box instead (both
+asked, as it is and mirrored; `whole_view`).
 
 A description (any other reply) names things it does not show, and puts boxes where its
 thing is not. Each box of it is first checked on its crop: "Is there a <thing>?" (the phrase's
@@ -82,6 +85,7 @@ MIN_CROP = 0.4  # the crop's smallest side, in the image's shorter side
 DESCRIBE = "Give a grounded description of the image."  # asked where a size is compared
 DESCRIBE_TOKENS = 256  # the description's room, whatever the question's
 SAME_THING = 0.4  # two boxes of one thing in a description overlapping more (IoU) box it twice
+TRAINED_ASPECT = 5 / 3  # the most oblong training scene (each side drawn 0.75 to 1.25 of its size)
 
 T = TypeVar("T")
 Looks = Generator[None, None, T]  # pauses (yields None) before each answer; returns a T
@@ -115,7 +119,23 @@ def crop_around(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
     """The square pixel crop (left, top, right, bottom) around `box`, inside the image."""
     x0, y0, x1, y1 = to_pixels(box, width, height)
     side = max(CONTEXT * max(x1 - x0, y1 - y0), MIN_CROP * min(width, height))
-    side = round(min(side, width, height))
+    return _square(box, round(min(side, width, height)), width, height)
+
+
+def whole_view(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
+    """The pixel crop zoom takes as the whole image around `box`: the image itself, but for an
+    image more oblong than `TRAINED_ASPECT` the largest square around `box`, where `box` fits in
+    it."""
+    x0, y0, x1, y1 = to_pixels(box, width, height)
+    side = min(width, height)
+    if max(width, height) / side <= TRAINED_ASPECT or max(x1 - x0, y1 - y0) > side:
+        return 0, 0, width, height
+    return _square(box, side, width, height)
+
+
+def _square(box: Box, side: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """The square pixel crop of `side` centred on `box`, moved inside the image."""
+    x0, y0, x1, y1 = to_pixels(box, width, height)
     left = round(min(max((x0 + x1 - side) / 2, 0), width - side))
     top = round(min(max((y0 + y1 - side) / 2, 0), height - side))
     return left, top, left + side, top + side
@@ -358,22 +378,28 @@ def _described_boxes(model, image: Image.Image, group: Grounding, given: dict[st
 
 def look_again(model, image: Image.Image, box: Box, question: str, whole: bool,
                **generation) -> Looks[Box | None]:
-    """The mean of `box`'s looks, or None where no look gives a single box.
+    """The mean of `box`'s looks, or None where no look (besides `box` itself) gives one box.
 
-    With `whole`, the looks are `box` itself and the mirrored whole image's, and the crop's two
-    where `box` fits it (`fits_crop`); without, the crop's two alone.
+    With `whole`, the looks are the two (as it is and mirrored) at the whole image around `box`
+    (`whole_view`; where that is the image itself, the look as it is is `box`), and the crop's
+    two where `box` fits it (`fits_crop`); without, the crop's two alone.
     """
     width, height = image.size
+    full = (0, 0, width, height)
     looks = []
-    if whole:
-        looks += [box, (yield from look(model, image, (0, 0, width, height), question, True,
-                                        **generation))]
+    view = whole_view(box, width, height) if whole else None
+    if view == full:  # the reply's own view: its look as it is is `box`
+        looks.append(box)
+    elif view is not None:
+        looks.append((yield from look(model, image, view, question, False, **generation)))
+    if view is not None:
+        looks.append((yield from look(model, image, view, question, True, **generation)))
     if not whole or fits_crop(box, width, height):
         crop = crop_around(box, width, height)
         for flip in (False, True):
             looks.append((yield from look(model, image, crop, question, flip, **generation)))
     looks = [b for b in looks if b is not None]
-    if len(looks) <= whole:  # no look besides `box` itself
+    if len(looks) <= (view == full):  # no look besides `box` itself
         return None
     return tuple(sum(values) / len(looks) for values in zip(*looks, strict=True))
 

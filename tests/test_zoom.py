@@ -18,6 +18,7 @@ from cogvlm_lite.zoom import (
     mirrored,
     run_looks,
     thing,
+    whole_view,
     zoom_in,
 )
 
@@ -436,6 +437,26 @@ def test_zoom_in_averages_a_larger_box_with_the_mirrored_images(reply):
     assert seen == [(0, 0, 0), (255, 0, 0)]  # is there a frog; then the mirror image
     assert model.asked[1:] == [((400, 300), "Where is the frog on the right?",
                                 {"history": [], "max_new_tokens": 32})]
+
+
+def test_whole_view_of_an_image_more_oblong_than_training_is_the_largest_square_around_a_box():
+    assert whole_view((0.5, 0.2, 0.6, 0.5), 400, 300) == (0, 0, 400, 300)  # 4:3, as in training
+    assert whole_view((0.5, 0.2, 0.6, 0.5), 600, 300) == (180, 0, 480, 300)  # 2:1: centred on it
+    assert whole_view((0.9, 0.2, 0.99, 0.5), 600, 300) == (300, 0, 600, 300)  # moved inside
+    assert whole_view((0.1, 0.6, 0.4, 0.9), 200, 400) == (0, 200, 200, 400)  # a tall image
+    assert whole_view((0.1, 0.1, 0.7, 0.5), 600, 300) == (0, 0, 600, 300)  # 360 px: it would be cut
+
+
+def test_zoom_in_looks_at_a_larger_box_of_a_wide_image_on_the_largest_square_around_it():
+    image = Image.new("RGB", (600, 300))  # squeezed to a square, objects would look half as wide
+    model = CropModel("[[250,250,750,750]]")  # its own mirror image
+    first = (0.6, 0.2, 0.8, 0.5)  # 120 x 90 px: too large for a crop with all its context
+    reply = zoom_in(model, image, "Where is the frog?", format_box(first))
+    view = whole_view(first, 600, 300)
+    assert view == (270, 0, 570, 300)
+    # the square's two looks alone: the reply, from the squeezed image, is not one of them
+    assert reply == format_box(from_crop((0.25, 0.25, 0.75, 0.75), view, 600, 300))
+    assert [size for size, _, _ in model.asked] == [(600, 300), (300, 300), (300, 300)]
 
 
 @pytest.mark.parametrize("answer", ["Nothing to see.", "[[0,0,500,500;500,500,999,999]]"])
