@@ -117,25 +117,29 @@ def _opened(image) -> Image.Image:
 
 def crop_around(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
     """The square pixel crop (left, top, right, bottom) around `box`, inside the image."""
-    x0, y0, x1, y1 = to_pixels(box, width, height)
+    pixels = to_pixels(box, width, height)
+    x0, y0, x1, y1 = pixels
     side = max(CONTEXT * max(x1 - x0, y1 - y0), MIN_CROP * min(width, height))
-    return _square(box, round(min(side, width, height)), width, height)
+    return _square(pixels, round(min(side, width, height)), width, height)
 
 
 def whole_view(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
     """The pixel crop zoom takes as the whole image around `box`: the image itself, but for an
     image more oblong than `TRAINED_ASPECT` the largest square around `box`, where `box` fits in
     it."""
-    x0, y0, x1, y1 = to_pixels(box, width, height)
+    pixels = to_pixels(box, width, height)
+    x0, y0, x1, y1 = pixels
     side = min(width, height)
     if max(width, height) / side <= TRAINED_ASPECT or max(x1 - x0, y1 - y0) > side:
         return 0, 0, width, height
-    return _square(box, side, width, height)
+    return _square(pixels, side, width, height)
 
 
-def _square(box: Box, side: int, width: int, height: int) -> tuple[int, int, int, int]:
-    """The square pixel crop of `side` centred on `box`, moved inside the image."""
-    x0, y0, x1, y1 = to_pixels(box, width, height)
+def _square(pixels: tuple[int, int, int, int], side: int, width: int,
+            height: int) -> tuple[int, int, int, int]:
+    """The square pixel crop of `side` centred on the pixel box `pixels`, moved inside the
+    image."""
+    x0, y0, x1, y1 = pixels
     left = round(min(max((x0 + x1 - side) / 2, 0), width - side))
     top = round(min(max((y0 + y1 - side) / 2, 0), height - side))
     return left, top, left + side, top + side
