@@ -389,21 +389,20 @@ def look_again(model, image: Image.Image, box: Box, question: str, whole: bool,
     two where `box` fits it (`fits_crop`); without, the crop's two alone.
     """
     width, height = image.size
-    full = (0, 0, width, height)
     looks = []
-    view = whole_view(box, width, height) if whole else None
-    if view == full:  # the reply's own view: its look as it is is `box`
-        looks.append(box)
-    elif view is not None:
-        looks.append((yield from look(model, image, view, question, False, **generation)))
-    if view is not None:
+    own = False  # whether `box` stands as a look: the reply's own view, as it is
+    if whole:
+        view = whole_view(box, width, height)
+        own = view == (0, 0, width, height)
+        looks.append(box if own else (yield from look(model, image, view, question, False,
+                                                      **generation)))
         looks.append((yield from look(model, image, view, question, True, **generation)))
     if not whole or fits_crop(box, width, height):
         crop = crop_around(box, width, height)
         for flip in (False, True):
             looks.append((yield from look(model, image, crop, question, flip, **generation)))
     looks = [b for b in looks if b is not None]
-    if len(looks) <= (view == full):  # no look besides `box` itself
+    if len(looks) <= own:  # no look besides `box` itself
         return None
     return tuple(sum(values) / len(looks) for values in zip(*looks, strict=True))
 
