@@ -165,7 +165,7 @@ def test_zooming_in_boxes_descriptions_better(fp32_model, scenes):
         image = load_image(scenes / q["image"])
         for zoom in (False, True):
             boxes = parse_boxes(fp32_model.chat(image, q["question"], max_new_tokens=128,
-                                                    zoom=zoom))
+                                                 zoom=zoom))
             given[zoom] += len(boxes)
             right[zoom] += match_boxes(boxes, parse_boxes(q["answer"]))
     assert right[True] > right[False] and given[True] <= given[False], (right, given)
@@ -182,7 +182,7 @@ def test_zoom_says_an_object_the_scene_does_not_hold_is_not_there(fp32_model, sc
         image = load_image(path)
         find = fp32_model.chat(image, f"Where is the {name}?", max_new_tokens=24, zoom=True)
         count = fp32_model.chat(image, f"How many {plurals[name]} are there?",
-                                   max_new_tokens=24, zoom=True)
+                                max_new_tokens=24, zoom=True)
         said["find"].append(find == f"There is no {name} in the image.")
         said["count"].append(count == f"There are no {plurals[name]} in the image.")
     assert sum(said["find"]) >= ABSENT - 2 and sum(said["count"]) >= ABSENT - 2, said
