@@ -85,13 +85,23 @@ def test_every_documented_command_has_valid_options():
         parser.parse_args(words[start + 1 :])  # exits (fails the test) on a bad option
 
 
+def heading_anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.*)$", page.read_text(), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
 def test_every_local_link_of_the_docs_exists():
-    links = [(page, target) for page in doc_pages()
-             for target in re.findall(r"\]\(([^)#\s]+)\)", page.read_text())
+    links = [(page, target, anchor) for page in doc_pages()
+             for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]+))?\)", page.read_text())
              if not re.match(r"[a-z]+:", target)]
-    assert any(target == "docs/default-checkpoint.md" for _, target in links)
-    missing = [(page.name, target) for page, target in links if not (page.parent / target).exists()]
+    assert any(target == "docs/default-checkpoint.md" for _, target, _ in links)
+    assert any(anchor for _, _, anchor in links)
+    missing = [(page.name, target) for page, target, _ in links if not (page.parent / target).exists()]
     assert not missing, missing
+    unknown = [(page.name, target, anchor) for page, target, anchor in links
+               if anchor and anchor not in heading_anchors(page.parent / target if target else page)]
+    assert not unknown, unknown
 
 
 def test_layout_names_every_module():
