@@ -4,9 +4,10 @@ Generated tokens are text, so decoding never needs the visual experts: only the 
 weights run. `FastDecoder` keeps them per layer as one fused QKV and one fused gate-up matrix, in
 one of these formats:
 
-- `fp32`: the language model's own weights (the same greedy tokens as the reference path). A
-  one-row product goes through `bmm` over row blocks, one per thread: BLAS runs a plain
-  matrix-vector product on one core, and a single core cannot stream the weights fast enough;
+- `fp32`: the language model's own weights (the same greedy tokens as the reference path). Some
+  BLAS builds run a one-row product on one core, which cannot stream the weights fast enough:
+  where `bmm` over row blocks, one per thread, is clearly the faster here (`row_blocks`, timed
+  once per shape), the product goes through it, else through `F.linear`;
 - `bf16`: bf16 weights, and bf16 inputs to each product; on CPU the weights are prepacked for
   oneDNN's kernel (AVX-512 bf16 or AMX where the CPU has them), a quarter faster than `F.linear`;
 - `int8`: weight-only int8, one scale per output row (`torch._weight_int8pack_mm`);
@@ -21,6 +22,9 @@ Text-only answers in a format are exactly those of the base model in the same fo
 """
 
 from __future__ import annotations
+
+import functools
+import time
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +45,7 @@ class PackedLinear:
         self.bias = None if bias is None else bias.detach().to(compute_dtype(fmt))
         if fmt == "fp32":
             self.out_features = weight.shape[0]
-            blocks = max(1, torch.get_num_threads())
+            blocks = row_blocks(*weight.shape) if weight.is_cpu else 1
             if weight.shape[0] % blocks or not weight.is_contiguous():  # else a view, no copy
                 weight = F.pad(weight, (0, 0, 0, -weight.shape[0] % blocks)).contiguous()
             self.weight = weight.view(blocks, -1, weight.shape[1])
@@ -68,7 +72,9 @@ class PackedLinear:
         return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fmt == "fp32":  # (blocks, rows, in) @ (blocks, in, tokens)
+        if self.fmt == "fp32" and len(self.weight) == 1:
+            y = F.linear(x, self.weight[0])
+        elif self.fmt == "fp32":  # (blocks, rows, in) @ (blocks, in, tokens)
             y = torch.bmm(self.weight, x.t().expand(len(self.weight), -1, -1))
             y = y.reshape(-1, x.shape[0]).t()[:, : self.out_features]
         elif self.fmt == "bf16" and self.weight.is_mkldnn:
@@ -81,6 +87,39 @@ class PackedLinear:
             y = torch._weight_int4pack_mm_for_cpu(x, self.weight, INT4_GROUP, self.scales_zeros)
             y = y[..., : self.out_features]
         return y if self.bias is None else y + self.bias
+
+
+def row_blocks(rows: int, cols: int) -> int:
+    """How many row blocks an fp32 (rows, cols) matrix is best split into for one-row products
+    on this CPU: one per thread where `bmm` over them is clearly faster than `F.linear` on the
+    whole, else 1. Timed once per shape and thread count."""
+    return _row_blocks(rows, cols, torch.get_num_threads())
+
+
+@functools.cache
+def _row_blocks(rows: int, cols: int, threads: int) -> int:
+    if threads < 2:
+        return 1
+    weight, x = torch.randn(rows + -rows % threads, cols), torch.randn(1, cols)
+    blocks = weight.view(threads, -1, cols)
+    linear = _fastest(lambda: F.linear(x, weight))
+    split = _fastest(lambda: torch.bmm(blocks, x.t().expand(threads, -1, -1)))
+    return threads if split < 0.8 * linear else 1
+
+
+def _fastest(run, repeats: int = 5) -> float:
+    """Seconds a call to `run()` takes: the shortest of `repeats` rounds of about a millisecond
+    or more, after one call to warm up."""
+    start = time.perf_counter()
+    run()
+    calls = max(1, round(1e-3 / (time.perf_counter() - start)))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            run()
+        times.append((time.perf_counter() - start) / calls)
+    return min(times)
 
 
 def onednn_bf16() -> bool:
@@ -157,8 +196,8 @@ class FastDecoder:
     """Single-token decoding for a `Decoder` (call it like one: ids (1, 1), position_ids (1, 1)).
 
     It holds its own copies of the weights in `fmt` (in `fp32`, the unfused matrices are views of
-    the decoder's own where their rows split evenly over the threads) and shares the embeddings
-    and rotary tables.
+    the decoder's own unless their row blocks need padding) and shares the embeddings and rotary
+    tables.
     """
 
     def __init__(self, decoder: Decoder, fmt: str = "fp32"):

@@ -4,6 +4,7 @@ import pytest
 import torch
 from tiny import greedy_cached, write_tiny_lm
 
+from cogvlm_lite import fastdecode
 from cogvlm_lite.decoder import PROJECTIONS, Decoder
 from cogvlm_lite.fastdecode import FORMATS, FastDecoder, fake_quantize
 
@@ -33,11 +34,16 @@ def quantized_reference(path, fmt: str) -> Decoder:
     return model
 
 
+@pytest.mark.parametrize("blocks", [1, 2])
 @pytest.mark.parametrize("model_type,tie", [("llama", True), ("qwen2", False)])
-def test_fused_fp32_gives_the_reference_tokens(tmp_path, model_type, tie):
+def test_fused_fp32_gives_the_reference_tokens(tmp_path, monkeypatch, model_type, tie, blocks):
+    """In one piece (`F.linear`) or in row blocks (`bmm`), whichever `row_blocks` picks."""
+    monkeypatch.setattr(fastdecode, "row_blocks", lambda rows, cols: blocks)
     model = Decoder.from_pretrained(write_tiny_lm(tmp_path, model_type, tie))
     ids = torch.randint(0, 300, (1, 9))
-    assert greedy_cached(model, ids, 24, FastDecoder(model, "fp32")) == greedy_cached(model, ids, 24)
+    fast = FastDecoder(model, "fp32")
+    assert len(fast.head.weight) == blocks
+    assert greedy_cached(model, ids, 24, fast) == greedy_cached(model, ids, 24)
 
 
 @pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "fp32"])
@@ -65,22 +71,29 @@ def test_weight_bytes_count_what_one_token_reads(tiny_lm_dir):
     assert sizes["int4"] < sizes["int8"] < sizes["bf16"]
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_fp32_views_the_unfused_weights_instead_of_copying(tiny_lm_dir, threads):
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_fp32_views_the_unfused_weights_instead_of_copying(tiny_lm_dir, monkeypatch, blocks):
+    monkeypatch.setattr(fastdecode, "row_blocks", lambda rows, cols: blocks)
     decoder = Decoder.from_pretrained(tiny_lm_dir)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        fast = FastDecoder(decoder, "fp32")
-    finally:
-        torch.set_num_threads(before)
+    fast = FastDecoder(decoder, "fp32")
     layer, fast_layer = decoder.layers[0], fast.layers[0]
     for packed, linear in [(fast_layer.o, layer.o_proj), (fast_layer.down, layer.down_proj),
                            (fast.head, decoder.lm_head)]:
-        even = linear.weight.shape[0] % threads == 0  # rows that split evenly need no padding
+        even = linear.weight.shape[0] % blocks == 0  # rows that split evenly need no padding
         assert (packed.weight.data_ptr() == linear.weight.data_ptr()) == even
         assert torch.equal(packed.weight.reshape(-1, linear.in_features)[: linear.out_features],
                            linear.weight)
+
+
+def test_fp32_row_blocks_are_one_per_thread_or_none():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert fastdecode.row_blocks(96, 64) == 1
+        torch.set_num_threads(2)
+        assert fastdecode.row_blocks(96, 64) in (1, 2)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_unknown_format_is_a_clear_error(tiny_lm_dir):
@@ -129,8 +142,6 @@ def test_real_model_fast_paths_give_the_reference_tokens(default_model):
 
 
 def test_prepacked_bf16_matches_plain_bf16(monkeypatch):
-    import cogvlm_lite.fastdecode as fastdecode
-
     weight, x = torch.randn(40, 64), torch.randn(3, 64).bfloat16()
     packed = fastdecode.PackedLinear(weight, None, "bf16")
     monkeypatch.setattr(fastdecode, "onednn_bf16", lambda: False)
