@@ -77,6 +77,8 @@ from .grounding import (
     to_pixels,
 )
 from .images import load_image
+from .objects import plural_of, vocabulary
+from .questions import with_article  # as the training questions write it
 
 SMALL = 0.25  # a box whose longer side is under this share of the image's is looked at again
 TINY = 0.2  # a lone box under this share: only its crop's looks count, not the whole image's
@@ -244,7 +246,7 @@ def looking_again(model, image, question: str, reply: str, **generation) -> Look
     if name is not None and not groundings and first_number(reply):
         image = _opened(image)
         shown = yield from _count_shown(model, image, name, **generation)
-        return reply if shown else f"There are no {_plurals()[name]} in the image."
+        return reply if shown else f"There are no {plural_of(name)} in the image."
     one_group = len(groundings) == 1 and groundings[0].boxes and not groundings[0].points
     if name is not None and one_group:
         image = _opened(image)
@@ -281,8 +283,6 @@ def looking_again(model, image, question: str, reply: str, **generation) -> Look
 def _shown(model, view: Image.Image, name: str, **generation) -> Looks[bool]:
     """Whether `view` shows a `name`, as the model answers "Is there a <name> in the image?"
     (anything but a "no" counts as yes)."""
-    from .scenes import with_article  # as the training questions write it
-
     question = f"Is there {with_article(name)} in the image?"
     return first_yes_no((yield from answer(model, view, question, **generation))) != "no"
 
@@ -486,14 +486,7 @@ def asked_size(question: str) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def _singulars() -> dict[str, str]:
-    from .scenes import vocabulary  # the vocabulary's reader pulls in the scene drawing
-
     return {c.plural: c.name for c in vocabulary()}
-
-
-@functools.lru_cache(maxsize=1)
-def _plurals() -> dict[str, str]:
-    return {name: plural for plural, name in _singulars().items()}
 
 
 @functools.lru_cache(maxsize=1)

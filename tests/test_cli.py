@@ -56,7 +56,8 @@ def test_option_choices_match_the_modules_that_take_them():
     drawing); they must stay those the modules accept."""
     from cogvlm_lite.cli import build_parser
     from cogvlm_lite.model import DECODE_CHOICES
-    from cogvlm_lite.scenes import COMPRESSIONS, STYLES, TYPINGS, WORDINGS
+    from cogvlm_lite.questions import TYPINGS, WORDINGS
+    from cogvlm_lite.scenes import COMPRESSIONS, STYLES
 
     parser, _ = build_parser()
     scenes = parser.parse_args(["scenes", "--n", "1", "--out", "x"])

@@ -15,8 +15,9 @@ from cogvlm_lite.evaluate import answered_right, match_boxes, normalize, read_qu
 from cogvlm_lite.grounding import box_side, iou, parse_boxes, parse_groundings
 from cogvlm_lite.images import load_image
 from cogvlm_lite.model import CONFIG_NAME, DEFAULT_CHECKPOINT, WEIGHTS_NAME
+from cogvlm_lite.objects import vocabulary
 from cogvlm_lite.prealign import read_objects
-from cogvlm_lite.scenes import vocabulary, write_dataset
+from cogvlm_lite.scenes import write_dataset
 from cogvlm_lite.zoom import asked_relation, asked_size
 
 SEED = 31337  # never used for training data

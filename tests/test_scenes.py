@@ -13,24 +13,25 @@ from PIL import Image
 
 from cogvlm_lite.conversation import typed_as_trained
 from cogvlm_lite.grounding import iou, parse_boxes, parse_groundings
-from cogvlm_lite.scenes import (
-    BACKGROUNDS,
-    MAX_IOU,
+from cogvlm_lite.objects import plural_of, vocabulary
+from cogvlm_lite.questions import (
     TASK_TYPES,
     UNSEEN_WORDINGS,
     VARIED_WORDINGS,
+    scene_conversations,
+    scene_questions,
+)
+from cogvlm_lite.scenes import (
+    BACKGROUNDS,
+    MAX_IOU,
     Scene,
-    _plural,
     background,
     make_scene,
     pattern_background,
     recolour_image,
     render_glyph,
     restyle,
-    scene_conversations,
-    scene_questions,
     vary_glyph,
-    vocabulary,
     write_dataset,
 )
 
@@ -687,7 +688,7 @@ def test_locating_adds_one_conversation_a_scene_that_finds_every_object(tmp_path
         want = Counter(o["name"] for o in record["objects"])
         assert len(asked) == len(want)  # every class once
         for question, boxes in asked.items():
-            said = [n for n in want if re.search(rf"\b({n}|{_plural(n)})\b", question)]
+            said = [n for n in want if re.search(rf"\b({n}|{plural_of(n)})\b", question)]
             name = max(said, key=len)
             assert len(boxes) == want[name], (question, boxes)
             truth = [o["box"] for o in record["objects"] if o["name"] == name]

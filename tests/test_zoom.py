@@ -294,7 +294,7 @@ def test_asked_relation_is_where_a_question_asks_one_object_is_against_another(q
 
 
 def test_asked_relation_reads_every_wording_the_scenes_ask_it_in():
-    from cogvlm_lite.scenes import _RELATION, _WHICH_OF_TWO, UNSEEN_WORDINGS, VARIED_WORDINGS
+    from cogvlm_lite.questions import _RELATION, _WHICH_OF_TWO, UNSEEN_WORDINGS, VARIED_WORDINGS
 
     for yes_no, table in ((True, _RELATION), (False, _WHICH_OF_TWO)):
         for direction, trained in table.items():
@@ -353,7 +353,7 @@ def test_asked_size_is_which_object_is_the_smallest_or_largest(question, size):
 
 
 def test_asked_size_reads_every_wording_the_scenes_ask_it_in():
-    from cogvlm_lite.scenes import _EXTREME, UNSEEN_WORDINGS, VARIED_WORDINGS
+    from cogvlm_lite.questions import _EXTREME, UNSEEN_WORDINGS, VARIED_WORDINGS
 
     for kind, size in (("smallest", "smallest"), ("biggest", "largest")):
         trained = _EXTREME[kind]
