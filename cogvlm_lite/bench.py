@@ -169,6 +169,8 @@ def cpu_formats(figures: dict, model, decode_speed, repeats: int) -> None:
         model.set_decode(fmt)
         figures[f"decode_{fmt}_tok_s"] = decode_speed(False)
         weight_bytes[fmt] = model.text_decoder.weight_bytes()
+        if fmt == "fp32":  # how much of it this machine runs as row blocks (`row_blocks`)
+            figures["decode_fp32_split_share"] = round(model.text_decoder.split_share(), 2)
     model.set_decode("exact")
     # Decoding one token reads every weight once: memory bandwidth caps tokens/s per format.
     bandwidth = read_bandwidth(repeats)

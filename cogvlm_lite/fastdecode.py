@@ -214,11 +214,19 @@ class FastDecoder:
             self.final_norm = decoder.norm.weight.detach().float()
         self.eps = decoder.norm.eps
 
+    def linears(self) -> list[PackedLinear]:
+        """The products one decoded token runs: the head and each layer's projections."""
+        return [self.head] + [p for layer in self.layers
+                              for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+
     def weight_bytes(self) -> int:
         """Bytes of weights one decoded token reads (projections and head; norms are tiny)."""
-        linears = [self.head] + [p for layer in self.layers
-                                 for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
-        return sum(linear.nbytes for linear in linears)
+        return sum(linear.nbytes for linear in self.linears())
+
+    def split_share(self) -> float:
+        """The share of those bytes whose products run over row blocks (`fp32`, `row_blocks`)."""
+        split = sum(p.nbytes for p in self.linears() if p.fmt == "fp32" and len(p.weight) > 1)
+        return split / self.weight_bytes()
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor,

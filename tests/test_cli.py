@@ -292,8 +292,9 @@ def test_bench_quick_json_has_stable_keys():
                 "transformers_bf16_decode_tok_s", "llama_cpp_decode_tok_s",
                 "time_to_first_token_s", "prefill_tok_s", "train_tok_s",
                 "lm_forward_backward_tok_s", "peak_memory_mb", "memory_read_gb_s",
-                "decode_fp32_ceiling_tok_s", "decode_int4_ceiling_tok_s"):
+                "decode_fp32_ceiling_tok_s", "decode_int4_ceiling_tok_s", "decode_fp32_split_share"):
         assert key in figures, key
+    assert 0 <= figures["decode_fp32_split_share"] <= 1
     assert figures["decode_tok_s"] > 0 and figures["decode_int8_tok_s"] > 0
     assert figures["train_tok_s"] > 0
     # each figure is printed as it is measured: a run cut short still shows what it measured

@@ -43,6 +43,7 @@ def test_fused_fp32_gives_the_reference_tokens(tmp_path, monkeypatch, model_type
     ids = torch.randint(0, 300, (1, 9))
     fast = FastDecoder(model, "fp32")
     assert len(fast.head.weight) == blocks
+    assert fast.split_share() == (blocks > 1)
     assert greedy_cached(model, ids, 24, fast) == greedy_cached(model, ids, 24)
 
 
