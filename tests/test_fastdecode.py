@@ -86,15 +86,20 @@ def test_fp32_views_the_unfused_weights_instead_of_copying(tiny_lm_dir, monkeypa
                            linear.weight)
 
 
-def test_fp32_row_blocks_are_one_per_thread_or_none():
+@pytest.mark.parametrize("linear,split,blocks", [(1.0, 0.7, 2), (1.0, 0.9, 1), (1.0, 1.5, 1)])
+def test_fp32_splits_rows_only_where_bmm_is_clearly_faster(monkeypatch, linear, split, blocks):
+    timings = iter([linear, split])  # F.linear is timed first, then bmm over the row blocks
+    monkeypatch.setattr(fastdecode, "_fastest", lambda run: next(timings))
     before = torch.get_num_threads()
+    fastdecode._row_blocks.cache_clear()
     try:
-        torch.set_num_threads(1)
-        assert fastdecode.row_blocks(96, 64) == 1
         torch.set_num_threads(2)
-        assert fastdecode.row_blocks(96, 64) in (1, 2)
+        assert fastdecode.row_blocks(96, 64) == blocks
+        torch.set_num_threads(1)
+        assert fastdecode.row_blocks(96, 64) == 1  # one thread: nothing to split over, untimed
     finally:
         torch.set_num_threads(before)
+        fastdecode._row_blocks.cache_clear()
 
 
 def test_unknown_format_is_a_clear_error(tiny_lm_dir):
