@@ -76,10 +76,10 @@ from .grounding import (
     parse_boxes,
     parse_groundings,
 )
-from .questions import TASK_TYPES
 
 log = logging.getLogger(__name__)
 
+TASK_TYPES = ("rec", "reg", "count", "exist", "spatial", "gcap", "caption")  # scenes' questions
 IOU_THRESHOLD = 0.5  # a box matches when IoU > this
 SIZES = (("small", 200), ("medium", 300), ("large", None))  # rec: reference box's longer side
 COUNT_GROUPS = ("one", "several")  # count: reference number 1, or more

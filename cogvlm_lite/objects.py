@@ -2,7 +2,7 @@
 
 Each line of ``cogvlm_lite/data/objects.tsv`` (``hexcode``, ``name``, ``plural``) is one kind of
 object the synthetic scenes draw (`cogvlm_lite.scenes`) and their questions name
-(`cogvlm_lite.questions`).
+(`cogvlm_lite.questions`, and `cogvlm_lite.zoom` as those questions do: `with_article`).
 """
 
 from __future__ import annotations
@@ -63,3 +63,17 @@ def plural_of(name: str) -> str:
 def vocabulary() -> list[ObjectClass]:
     """Every object class scenes are drawn from, in file order (read once, then cached)."""
     return list(_vocabulary())
+
+
+def _article(name: str) -> str:
+    lowered = name.lower()
+    if lowered.startswith(("hour", "honest", "heir")):
+        return "an"
+    if lowered.startswith(("uni", "use", "eu", "one")):
+        return "a"
+    return "an" if lowered[0] in "aeiou" else "a"
+
+
+def with_article(name: str) -> str:
+    """'a dog', 'an apple', 'a unicorn', 'an hourglass'."""
+    return f"{_article(name)} {name}"

@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from cogvlm_lite.conversation import map_questions
+from cogvlm_lite.evaluate import TASK_TYPES
 from cogvlm_lite.grounding import (
     Box,
     box_area,
@@ -33,29 +34,14 @@ from cogvlm_lite.grounding import (
     format_boxes,
     format_point,
 )
-from cogvlm_lite.objects import plural_of, vocabulary
+from cogvlm_lite.objects import plural_of, vocabulary, with_article
 
 if TYPE_CHECKING:
     from cogvlm_lite.scenes import Scene
 
-TASK_TYPES = ("rec", "reg", "count", "exist", "spatial", "gcap", "caption")
 MARGIN = 0.1  # relative gap needed before a left/right/above/below relation is asked
 EXTRAS_SEED = 5  # the shuffle and wordings of `with_extras` (`write_dataset(counting=, locating=)`)
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-
-def _article(name: str) -> str:
-    lowered = name.lower()
-    if lowered.startswith(("hour", "honest", "heir")):
-        return "an"
-    if lowered.startswith(("uni", "use", "eu", "one")):
-        return "a"
-    return "an" if lowered[0] in "aeiou" else "a"
-
-
-def with_article(name: str) -> str:
-    """'a dog', 'an apple', 'a unicorn', 'an hourglass'."""
-    return f"{_article(name)} {name}"
 
 
 def _capital(text: str) -> str:

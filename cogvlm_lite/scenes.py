@@ -36,10 +36,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
 from cogvlm_lite.conversation import map_questions
+from cogvlm_lite.evaluate import TASK_TYPES
 from cogvlm_lite.grounding import Box, iou
 from cogvlm_lite.objects import ObjectClass, vocabulary
 from cogvlm_lite.questions import (
-    TASK_TYPES,
     TYPINGS,
     WORDINGS,
     scene_conversations,

@@ -77,8 +77,7 @@ from .grounding import (
     to_pixels,
 )
 from .images import load_image
-from .objects import plural_of, vocabulary
-from .questions import with_article  # as the training questions write it
+from .objects import plural_of, vocabulary, with_article
 
 SMALL = 0.25  # a box whose longer side is under this share of the image's is looked at again
 TINY = 0.2  # a lone box under this share: only its crop's looks count, not the whole image's

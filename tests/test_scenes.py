@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from cogvlm_lite.conversation import typed_as_trained
+from cogvlm_lite.evaluate import TASK_TYPES
 from cogvlm_lite.grounding import iou, parse_boxes, parse_groundings
 from cogvlm_lite.objects import plural_of, vocabulary
 from cogvlm_lite.questions import (
-    TASK_TYPES,
     UNSEEN_WORDINGS,
     VARIED_WORDINGS,
     scene_conversations,
