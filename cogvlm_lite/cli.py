@@ -45,7 +45,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p = sub.add_parser("scenes", help="write a synthetic grounded data set (images + JSONL)")
     p.add_argument("--n", type=int, required=True, help="number of scenes")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--force", action="store_true", help="overwrite an existing data set")
     p.add_argument("--workers", type=int, default=1, help="processes drawing scenes (same files)")
@@ -90,8 +90,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--data", required=True, help="questions JSONL (id, image, question, ...)")
     p.add_argument("--out", required=True, help="predictions JSONL; existing ids are skipped")
     add_model_arguments(p)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--limit", type=int, help="answer at most this many questions")
+    p.add_argument("--max-new-tokens", type=at_least(1), default=128)
+    p.add_argument("--limit", type=at_least(1), help="answer at most this many questions")
     p.add_argument("--zoom", action="store_true",
                    help="look again at boxes (on a crop, every look also mirrored; a description's "
                         "boxes checked first) "
@@ -104,13 +104,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     group.add_argument("--pred", help="predictions JSONL (id, prediction)")
     group.add_argument("--baseline", action="store_true",
                        help="score trivial answers instead (centre box, most common answer)")
-    p.add_argument("--limit", type=int,
+    p.add_argument("--limit", type=at_least(1),
                    help="score only the first N questions (those `vqa --limit N` answers)")
     p.set_defaults(run=run_eval)
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP API")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000)
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: none)")
     add_model_arguments(p)
     p.set_defaults(run=run_serve)
@@ -118,14 +118,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p = sub.add_parser("bench", help="speed figures, side by side with transformers and llama.cpp")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quick", action="store_true", help="few tokens, one repeat (a smoke run)")
-    p.add_argument("--tokens", type=int, help="new tokens per decode (default 128; quick: 8)")
-    p.add_argument("--repeats", type=int, help="timed repeats, median reported (default 3)")
+    p.add_argument("--tokens", type=at_least(1), help="new tokens per decode (default 128; quick: 8)")
+    p.add_argument("--repeats", type=at_least(1), help="timed repeats, median reported (default 3)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda for the same figures on a GPU (bf16)")
     p.set_defaults(run=run_bench)
 
     p = sub.add_parser("shrink", help="cut a checkpoint's low-rank expert to a smaller rank (SVD)")
     p.add_argument("--checkpoint", help="checkpoint folder (default: the embedded model)")
-    p.add_argument("--rank", type=int, required=True, help="the new, smaller rank")
+    p.add_argument("--rank", type=at_least(1), required=True, help="the new, smaller rank")
     p.add_argument("--out", required=True, help="folder of the new checkpoint")
     p.add_argument("--save-dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--force", action="store_true", help="replace a checkpoint already in --out")
@@ -133,7 +133,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
     p = sub.add_parser("average", help="average the weights of checkpoints of one config (a soup)")
     p.add_argument("checkpoints", nargs="+", help="two checkpoint folders or more")
-    p.add_argument("--weights", type=float, nargs="+", help="one a checkpoint (default: equal)")
+    p.add_argument("--weights", type=finite_float, nargs="+",
+                   help="one a checkpoint (default: equal)")
     p.add_argument("--out", required=True, help="folder of the new checkpoint")
     p.add_argument("--save-dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--force", action="store_true", help="replace a checkpoint already in --out")
@@ -143,9 +144,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                                       "objects: a fresh adapter pre-aligned, no LM training")
     p.add_argument("--data", required=True, help="scenes train.jsonl to pre-align on")
     p.add_argument("--eval-data", required=True, help="held-out scenes train.jsonl to probe on")
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--images", type=int, default=1500, help="training scenes used (the first N)")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--image-size", type=at_least(32), default=256)
+    p.add_argument("--images", type=at_least(1), default=1500, help="training scenes used (the first N)")
+    p.add_argument("--epochs", type=at_least(1), default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ...")
     p.set_defaults(run=run_probe)
@@ -167,7 +168,55 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=at_least(1), default=256)
+
+
+def at_least(low: int):
+    """An argparse type: an integer no smaller than `low`."""
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return check
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535."""
+    port = at_least(1)(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, got {port}")
+    return port
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise ValueError if nothing can listen on `host`:`port` now (before a model loads)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(infos[0][4])
+    except OSError as e:
+        raise ValueError(f"cannot listen on {host}:{port} ({e.strerror or e}); "
+                         "pick another --port (or --host), or stop what is using it") from None
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a number that is neither infinite nor NaN."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
 
 
 def add_dataclass_arguments(p: argparse.ArgumentParser, config: type) -> None:
@@ -214,15 +263,17 @@ def generation_kwargs(args) -> dict:
 
 
 def run_chat(args) -> int:
+    from .generation import GenerationConfig
     from .images import ImageError, load_image
     from .model import load_model
     from .zoom import zoom_in
 
-    model = load_model(args.checkpoint, device=args.device, decode=args.decode)
-    interactive = sys.stdin.isatty()
+    GenerationConfig(**generation_kwargs(args))  # bad settings fail here, not at every message
     image, history = None, []
     if args.image:
         image = load_image(args.image)
+    model = load_model(args.checkpoint, device=args.device, decode=args.decode)
+    interactive = sys.stdin.isatty()
     if interactive:
         print("Type a message. Commands: 'image PATH' switches image, 'clear' starts over, "
               "'exit' (or Ctrl-D) quits. Ctrl-C stops an answer.")
@@ -249,6 +300,9 @@ def run_chat(args) -> int:
             history = []
             model.reset()
             print("(conversation cleared)")
+            continue
+        if line == "image":
+            print("error: say which image: image PATH")
             continue
         if line.startswith("image "):
             try:
@@ -345,7 +399,11 @@ def run_eval(args) -> int:
 
     questions = read_questions(args.data)[: args.limit]
     predictions = baseline_predictions(questions) if args.baseline else read_predictions(args.pred)
-    print(json.dumps(score(questions, predictions), indent=2))
+    result = score(questions, predictions)
+    if result["missing"] == len(questions):
+        print(f"cogvlm-lite eval: warning: none of the {len(questions)} questions has a prediction in "
+              f"{args.pred}; are these the predictions for {args.data}?", file=sys.stderr)
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -434,6 +492,7 @@ def run_probe(args) -> int:
 def run_serve(args) -> int:
     from .serve import run_server
 
+    check_port_free(args.host, args.port)
     run_server(host=args.host, port=args.port, checkpoint=args.checkpoint, device=args.device,
                decode=args.decode, api_key=args.api_key)
     return 0

@@ -209,8 +209,9 @@ def run_vqa(
     are answered grouped by image, so the model reuses its encoding of an image. The model is
     `model` if given, else loaded from `checkpoint` (default: the embedded model) onto
     `device`, and only when there is work to do.
-    Every image is checked before the first answer; a missing one raises ValueError naming the
-    question and the file. Returns ``{"questions", "answered", "skipped", "seconds", "out"}``.
+    Every image is read and checked before the model loads; a missing or unreadable one raises
+    ValueError naming the question and the file.
+    Returns ``{"questions", "answered", "skipped", "seconds", "out"}``.
     """
     from tqdm import tqdm
 
@@ -221,6 +222,8 @@ def run_vqa(
         raise ValueError(f"limit must be at least 1 question, got {limit}")
     if out.exists() and out.resolve() == data.resolve():
         raise ValueError(f"--out {out} is the questions file; write predictions to another file")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; name a file, such as {out / 'predictions.jsonl'}")
     questions = read_questions(data)
     if limit is not None:
         questions = questions[:limit]
@@ -230,25 +233,27 @@ def run_vqa(
     by_image: dict[Path, list[dict]] = {}
     for q in todo:
         image = data.parent / q["image"]
-        if not image.is_file():
-            raise ValueError(f"question {q['id']!r}: image file {str(image)!r} not found "
-                             f"(image paths are relative to {data}); add the file or fix the path")
+        if image not in by_image:
+            _check_image(image, q["id"], data)
         by_image.setdefault(image, []).append(q)
 
     start = time.perf_counter()
     answered = 0
     if todo:
-        if model is None:
-            from .model import load_model
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            f = open(out, "ab")
+        except OSError as e:
+            raise ValueError(f"cannot write predictions to {out} ({e.strerror}); "
+                             "name a file in a folder you can write to") from None
+        with f:
+            if model is None:
+                from .model import load_model
 
-            model = load_model(checkpoint, device=device, decode=decode)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "ab") as f, tqdm(total=len(todo), desc="vqa", unit="q", dynamic_ncols=True) as bar:
+                model = load_model(checkpoint, device=device, decode=decode)
+            bar = tqdm(total=len(todo), desc="vqa", unit="q", dynamic_ncols=True)
             for path, group in by_image.items():
-                try:
-                    image = load_image(path)
-                except ValueError as e:
-                    raise ValueError(f"question {group[0]['id']!r}: {e}") from e
+                image = load_image(path)
                 for q in group:
                     try:
                         reply = model.chat(image, q["question"], history=[],
@@ -261,6 +266,7 @@ def run_vqa(
                     f.flush()
                     answered += 1
                     bar.update(1)
+            bar.close()
     return {
         "questions": len(questions),
         "answered": answered,
@@ -270,30 +276,53 @@ def run_vqa(
     }
 
 
+def _check_image(path: Path, qid, data: Path) -> None:
+    """Raise ValueError naming the question if `path` is not an image that can be answered."""
+    from .images import load_image
+
+    if not path.exists() or path.is_dir():
+        what = "is a folder, not an image file" if path.is_dir() else "not found"
+        raise ValueError(f"question {qid!r}: image file {str(path)!r} {what} "
+                         f"(image paths are relative to {data}); add the file or fix the path")
+    try:
+        load_image(path)
+    except ValueError as e:
+        raise ValueError(f"question {qid!r}: {e}") from e
+
+
 def _done_ids(out: Path) -> set[str]:
-    """Ids already answered in `out`, after cutting off a half-written last line."""
+    """Ids already answered in `out`, after cutting off a half-written last line.
+
+    `out` must be a predictions file: a file with any other complete line (a questions file
+    named by mistake, say) is refused untouched.
+    """
     if not out.exists():
         return set()
-    _repair_tail(out)
-    return {str(p["id"]) for p in read_predictions(out)}
-
-
-def _repair_tail(path: Path) -> None:
-    """Truncate `path` after its last complete, valid line."""
-    data = path.read_bytes()
-    keep = len(data)
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
+    data = out.read_bytes()
+    lines = data.split(b"\n")
+    last = len(lines) - 1
+    while last >= 0 and not lines[last].strip():
+        last -= 1
+    for lineno, raw in enumerate(lines[: last + 1], start=1):
+        if not raw.strip():
+            continue
+        record, problem = _parse_line(raw, ("id", "prediction"))
+        if record is not None:
+            continue
+        if lineno == last + 1 and problem.startswith(("not valid JSON", "not UTF-8")):
+            keep = sum(len(line) + 1 for line in lines[:last])
+            log.warning("%s: removing an incomplete last line (%d bytes) left by an interrupted "
+                        "run", out, len(data) - keep)
+            with open(out, "r+b") as f:
+                f.truncate(keep)
+            break
+        raise ValueError(f"--out {out} is not a predictions file (line {lineno}: {problem}); "
+                         "name a new file, or one an earlier run of vqa wrote")
     else:
-        body = data[:-1]
-        last = body[body.rfind(b"\n") + 1 :]
-        if last.strip() and _parse_line(last, ("id", "prediction"))[0] is None:
-            keep = len(body) - len(last)
-    if keep < len(data):
-        log.warning("%s: removing an incomplete last line (%d bytes) left by an interrupted run",
-                    path, len(data) - keep)
-        with open(path, "r+b") as f:
-            f.truncate(keep)
+        if data and not data.endswith(b"\n"):
+            with open(out, "ab") as f:  # a whole last line whose newline was not written
+                f.write(b"\n")
+    return {str(p["id"]) for p in read_predictions(out)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,15 +492,13 @@ def score(questions: Sequence[dict], predictions: Sequence[dict]) -> dict:
     `questions` need ``id`` and ``answer`` (``type`` defaults to ``other``); `predictions` need
     ``id`` and ``prediction``. See the module docstring for the metrics and the keys.
     """
+    check_references(questions)
     answers = {str(p["id"]): p["prediction"] for p in predictions}
     ids = set()
     tallies: dict[str, _Tally] = {}
     for q in questions:
         qid = str(q["id"])
         ids.add(qid)
-        if not isinstance(q.get("answer"), str):
-            raise ValueError(f"question {qid!r} has no reference 'answer' (a string); scoring needs "
-                             "the questions file with answers")
         kind = q.get("type") or "other"
         tally = tallies.setdefault(kind, _Tally())
         tally.n += 1
@@ -524,6 +551,17 @@ def score(questions: Sequence[dict], predictions: Sequence[dict]) -> dict:
     return result
 
 
+def check_references(questions: Sequence[dict]) -> None:
+    """Raise ValueError unless every question has a reference ``answer`` and a text ``type``."""
+    for q in questions:
+        if not isinstance(q.get("answer"), str):
+            raise ValueError(f"question {str(q['id'])!r} has no reference 'answer' (a string); "
+                             "scoring needs the questions file with answers")
+        if not isinstance(q.get("type") or "", str):
+            raise ValueError(f"question {str(q['id'])!r}: its 'type' should be a string such as "
+                             f"\"rec\" or \"count\", got {type(q['type']).__name__}")
+
+
 def score_files(data: str | os.PathLike, pred: str | os.PathLike) -> dict:
     """`score` the predictions JSONL `pred` against the questions JSONL `data`."""
     return score(read_questions(data), read_predictions(pred))
@@ -537,6 +575,7 @@ def baseline_predictions(questions: Sequence[dict]) -> list[dict]:
     `count`, else the most common reference answer of the question's type (always "No.", ...)."""
     from collections import Counter
 
+    check_references(questions)
     common: dict[str, str] = {}
     for kind in {q.get("type", "other") for q in questions}:
         answers = [str(q["answer"]) for q in questions if q.get("type", "other") == kind]

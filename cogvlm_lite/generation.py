@@ -23,9 +23,9 @@ class GenerationConfig:
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+        if not 0 <= self.temperature < float("inf") or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError("need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
-        if self.repetition_penalty <= 0:
+        if not 0 < self.repetition_penalty < float("inf"):
             raise ValueError("repetition_penalty must be positive")
 
 

@@ -442,13 +442,13 @@ def launch_ui(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, sha
 
 def main(argv: list[str] | None = None) -> int:
     """`python app.py [--host H] [--port P] [--share] [--checkpoint DIR] [--device D] [--decode F]`."""
-    from .cli import add_model_arguments
+    from .cli import add_model_arguments, check_port_free, port_number
 
     parser = argparse.ArgumentParser(
         prog="app.py", description="The cogvlm-lite chat UI in the browser (Gradio).")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 opens it to the network)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--port", type=port_number, default=7860, help="port (default 7860)")
     parser.add_argument("--share", action="store_true",
                         help="also make a temporary public link through Gradio's share servers")
     add_model_arguments(parser)
@@ -462,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
         label = "default"
     else:
         label = "none (the visual expert is untrained, so answers about images are poor)"
+    try:
+        check_port_free(args.host, args.port)
+    except ValueError as e:
+        print(f"app.py: {e}", file=sys.stderr)
+        return 1
     try:
         model = load_model(args.checkpoint, device=args.device, decode=args.decode)
     except (ValueError, OSError, RuntimeError) as e:

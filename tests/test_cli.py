@@ -82,6 +82,7 @@ def test_chat_on_a_piped_conversation(tiny_checkpoint, tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     script = "\n".join([
         "Where is the dog?",
+        "image",
         f"image {tmp_path / 'bad.png'}",
         f"image {picture}",
         "How many cats are there?",
@@ -93,6 +94,7 @@ def test_chat_on_a_piped_conversation(tiny_checkpoint, tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert any("not an image" in line.lower() or "cannot" in line.lower() for line in lines)
+    assert "error: say which image: image PATH" in lines
     assert "(new image: 50x40; conversation cleared)" in lines
     assert "(conversation cleared)" in lines
     assert len([line for line in lines if not line.startswith(("(", "error"))]) >= 3
@@ -212,6 +214,45 @@ def test_chat_ctrl_c_at_the_prompt(tty, tmp_path, monkeypatch, capsys):
         assert stand_in.histories == [[], [("Where is the frog?", "The frog [[500,500,600,600]].")]]
     else:
         assert code == 130 and stand_in.histories == [[]]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--data", "q.jsonl", "--baseline", "--limit", "0"], "--limit: must be at least 1, got 0"),
+    (["vqa", "--data", "q", "--out", "p", "--limit", "-1"], "--limit: must be at least 1, got -1"),
+    (["serve", "--port", "99999"], "--port: a port is 1 to 65535, got 99999"),
+    (["bench", "--tokens", "0"], "--tokens: must be at least 1, got 0"),
+    (["average", "a", "b", "--out", "c", "--weights", "nan", "1"], "--weights: must be a finite number"),
+    (["shrink", "--rank", "0", "--out", "c"], "--rank: must be at least 1, got 0"),
+    (["scenes", "--n", "2", "--out", "c", "--seed", "-1"], "--seed: must be at least 0, got -1"),
+    (["probe", "--data", "a", "--eval-data", "b", "--epochs", "0"], "--epochs: must be at least 1"),
+    (["chat", "--max-new-tokens", "ten"], "--max-new-tokens: 'ten' is not a whole number"),
+])
+def test_bad_numbers_are_refused_before_anything_runs(argv, message, capsys):
+    from cogvlm_lite.cli import build_parser
+
+    parser, _ = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_bad_sampling_settings_and_a_busy_port_fail_before_the_model_loads(tmp_path):
+    import socket
+
+    # The checkpoint does not exist: reaching the model would give another message.
+    missing = str(tmp_path / "no-such-checkpoint")
+    out = cli("chat", "--checkpoint", missing, "--temperature", "-1")
+    assert out.returncode == 1 and "temperature >= 0" in out.stderr and "Traceback" not in out.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        for command in ([sys.executable, "-m", "cogvlm_lite", "serve"], [sys.executable, "app.py"]):
+            out = subprocess.run([*command, "--port", port, "--checkpoint", missing], text=True,
+                                 capture_output=True, timeout=120,
+                                 cwd=Path(__file__).resolve().parent.parent)
+            assert out.returncode == 1, out.stderr
+            assert f"cannot listen on 127.0.0.1:{port}" in out.stderr and "--port" in out.stderr
 
 
 def test_chat_with_a_missing_image_fails_clearly(tiny_checkpoint, tmp_path):

@@ -197,6 +197,18 @@ def test_count_accuracy_is_split_by_one_and_several():
     assert (empty["n_several"], empty["acc_several"]) == (0, None)
 
 
+@pytest.mark.parametrize("question, message", [
+    ({"id": "x", "image": "a.png", "question": "?"}, "'x' has no reference 'answer'"),
+    ({"id": "x", "image": "a.png", "question": "?", "answer": "No.", "type": 5}, "'type' should be a string"),
+    ({"id": "x", "image": "a.png", "question": "?", "answer": "No.", "type": ["rec"]}, "got list"),
+])
+def test_the_baseline_needs_reference_answers_too(question, message):
+    with pytest.raises(ValueError, match=message):
+        baseline_predictions([q("y", "exist", "Yes."), question])
+    with pytest.raises(ValueError, match=message):
+        score([q("y", "exist", "Yes."), question], [])
+
+
 def test_scoring_needs_reference_answers():
     with pytest.raises(ValueError, match="'x' has no reference 'answer'"):
         score([{"id": "x", "image": "a.png", "question": "?"}], [])
@@ -304,6 +316,43 @@ def test_run_vqa_missing_image_fails_before_loading_a_model(vqa_data, tmp_path):
     assert not out.exists()
 
 
+def test_run_vqa_refuses_an_out_file_that_holds_no_predictions(vqa_data, tmp_path):
+    other = tmp_path / "other.jsonl"
+    other.write_bytes(vqa_data.read_bytes())
+    before = other.read_bytes()
+    with pytest.raises(ValueError, match=r"other\.jsonl is not a predictions file \(line 1: "
+                                         r"missing the 'prediction' field\)"):
+        run_vqa(vqa_data, other, checkpoint=tmp_path / "no-such-checkpoint")
+    assert other.read_bytes() == before
+    with pytest.raises(ValueError, match="is a folder; name a file"):
+        run_vqa(vqa_data, tmp_path / "images", checkpoint=tmp_path / "no-such-checkpoint")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match=r"cannot write predictions to .*afile/p\.jsonl"):
+        run_vqa(vqa_data, tmp_path / "afile" / "p.jsonl", checkpoint=tmp_path / "no-such-checkpoint")
+
+
+def test_run_vqa_keeps_a_whole_last_line_without_its_newline(tiny_model, vqa_data, tmp_path):
+    out = tmp_path / "p.jsonl"
+    out.write_text('{"id": "q0", "prediction": "kept"}')
+    assert run_vqa(vqa_data, out, model=tiny_model, max_new_tokens=2)["answered"] == 3
+    assert lines(out)[0] == {"id": "q0", "prediction": "kept"}
+
+
+@pytest.mark.parametrize("damage", ["text", "folder"])
+def test_run_vqa_reads_every_image_before_loading_a_model(vqa_data, tmp_path, damage):
+    image = tmp_path / "images" / "b.png"
+    image.unlink()
+    if damage == "text":
+        image.write_text("not a picture")
+    else:
+        image.mkdir()
+    out = tmp_path / "p.jsonl"
+    message = "is a folder, not an image file" if damage == "folder" else "b.png"
+    with pytest.raises(ValueError, match=rf"question 'q1': .*{message}"):
+        run_vqa(vqa_data, out, checkpoint=tmp_path / "no-such-checkpoint")
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -326,6 +375,11 @@ def test_eval_cli_prints_the_metrics(tmp_path):
     assert out.returncode == 1
     assert f"{pred}, line {len(PREDICTIONS) + 1}: not valid JSON" in out.stderr
     assert "Traceback" not in out.stderr
+
+    (tmp_path / "other.jsonl").write_text('{"id": "elsewhere", "prediction": "No."}\n')
+    out = cli("eval", "--data", str(data), "--pred", str(tmp_path / "other.jsonl"))
+    assert out.returncode == 0 and json.loads(out.stdout)["unknown_ids"] == 1
+    assert f"none of the {len(QUESTIONS)} questions has a prediction" in out.stderr
 
 
 def test_eval_cli_limit_scores_the_first_questions(tmp_path):
