@@ -70,7 +70,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--aspect", type=aspect_range, default=(1.0, 1.0), metavar="A[-B]",
                    help="widen every picture by A (1.78: 16:9 landscape, as phones take "
                         "photos), or each by a factor from A to B (0.56-1.78: portrait to "
-                        "landscape, for training)")
+                        "landscape, for training); from 0.2 to 5")
     p.add_argument("--counting", action="store_true",
                    help="also write train-count.jsonl: train.jsonl with one more conversation a "
                         "scene that only counts its objects")

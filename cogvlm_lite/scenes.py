@@ -71,8 +71,9 @@ STYLES = ("trained", "varied", "broad", "unseen")
 BROAD_COLOUR_RATE = 0.3  # fraction of `broad` scenes whose whole picture is turned grey or re-hued
 BROAD_PATTERN_RATE = 0.3  # fraction of `broad` scenes drawn on a patterned background of its own
 _DATASET_FILES = ("train.jsonl", "train-count.jsonl", "train-locate.jsonl",
-                  "train-count-locate.jsonl", "questions.jsonl", "images")
+                  "train-count-locate.jsonl", "questions.jsonl")
 _IMAGE_NAME = re.compile(r"[0-9]{6}\.(png|jpg)")
+ASPECT_RANGE = (0.2, 5.0)  # the widest pictures a data set may have, portrait and landscape
 COMPRESSIONS = ("none", "jpeg", "mixed")
 JPEG_QUALITY = (40, 95)  # `compression`'s JPEG pictures: a quality drawn from this range
 
@@ -542,23 +543,33 @@ def write_dataset(
         raise ValueError(f"typing must be one of {TYPINGS}, not {typing!r}")
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}, not {compression!r}")
-    if not 0 < aspect[0] <= aspect[1]:
-        raise ValueError(f"aspect must be (low, high) with 0 < low <= high, got {aspect}")
+    low, high = ASPECT_RANGE
+    if not low <= aspect[0] <= aspect[1] <= high:
+        raise ValueError(f"aspect must be (low, high) with {low} <= low <= high <= {high}, "
+                         f"got {aspect}")
+    if image_size < 32:
+        raise ValueError(f"image_size must be at least 32 pixels, got {image_size}")
+    if seed < 0 or workers < 1:
+        raise ValueError(f"need seed >= 0 and workers >= 1, got seed {seed} and workers {workers}")
     extras = [name for name, wanted in (("count", counting), ("locate", locating)) if wanted]
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} is a file; --out must be a directory for the data set")
     images = out / "images"
-    existing = [name for name in _DATASET_FILES if (out / name).exists()]
-    if existing and not force:
+    pictures = [p for p in images.iterdir() if _IMAGE_NAME.fullmatch(p.name)] if images.is_dir() else []
+    existing = [name for name in _DATASET_FILES if (out / name).is_file()]
+    if (existing or pictures) and not force:
+        held = ", ".join(existing + (["images"] if pictures else []))
+        stopped = "" if existing else " with no questions: the pictures of a stopped run?"
         raise FileExistsError(
-            f"{out} already holds a data set ({', '.join(existing)}); "
-            "pass force=True (--force on the command line) to overwrite it, or choose another --out"
+            f"{out} already holds a data set ({held}){stopped}; pass force=True (--force on the "
+            "command line) to overwrite it, or choose another --out"
         )
+    for name in existing:  # first, so that a stopped run never looks like a whole data set
+        (out / name).unlink()
+    for stale in pictures:
+        stale.unlink()
     images.mkdir(parents=True, exist_ok=True)
-    for stale in images.iterdir():  # an earlier data set's pictures
-        if _IMAGE_NAME.fullmatch(stale.name):
-            stale.unlink()
 
     train = _AtomicLines(out / "train.jsonl")
     questions = _AtomicLines(out / "questions.jsonl")
@@ -592,9 +603,6 @@ def write_dataset(
     train.commit()
     questions.commit()
     extended = out / f"train-{'-'.join(extras)}.jsonl"
-    for name in _DATASET_FILES:  # an earlier data set's extended files no longer match
-        if name.startswith("train-") and name != extended.name:
-            (out / name).unlink(missing_ok=True)
     if extras:
         lines = _AtomicLines(extended)
         for record in with_extras(written, extras, typist=typist):

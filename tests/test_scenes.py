@@ -466,6 +466,42 @@ def test_refuses_to_overwrite_without_force(tmp_path):
         write_dataset(tmp_path / "empty", 0)
 
 
+def test_a_stopped_overwrite_never_looks_like_a_whole_data_set(tmp_path, monkeypatch):
+    import cogvlm_lite.scenes as scenes
+
+    out = tmp_path / "data"
+    write_dataset(out, 3, seed=0)
+    drawn = []
+    write_scene = scenes._write_scene
+
+    def stopped_after_two(*args, **kwargs):
+        if len(drawn) == 2:
+            raise KeyboardInterrupt
+        drawn.append(args[1])
+        return write_scene(*args, **kwargs)
+
+    monkeypatch.setattr(scenes, "_write_scene", stopped_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(out, 3, seed=1, force=True)
+    assert not list(out.glob("*.jsonl")) and not list(out.glob("*.tmp"))
+    monkeypatch.undo()
+    with pytest.raises(FileExistsError, match="no questions: the pictures of a stopped run"):
+        write_dataset(out, 3, seed=1)
+    assert write_dataset(out, 3, seed=1, force=True)["scenes"] == 3
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(image_size=0), "image_size must be at least 32"),
+    (dict(seed=-1), "need seed >= 0"),
+    (dict(aspect=(1.0, float("inf"))), "aspect must be"),
+    (dict(aspect=(1000.0, 1000.0)), "aspect must be"),
+])
+def test_bad_options_are_refused_before_the_folder_is_made(tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        write_dataset(tmp_path / "data", 2, **options)
+    assert not (tmp_path / "data").exists()
+
+
 def test_jsonl_schema(dataset):
     out, summary = dataset
     assert summary["scenes"] == 20
