@@ -120,7 +120,7 @@ def crop_around(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
     """The square pixel crop (left, top, right, bottom) around `box`, inside the image."""
     pixels = to_pixels(box, width, height)
     x0, y0, x1, y1 = pixels
-    side = max(CONTEXT * max(x1 - x0, y1 - y0), MIN_CROP * min(width, height))
+    side = max(CONTEXT * max(x1 - x0, y1 - y0), MIN_CROP * min(width, height), 1)
     return _square(pixels, round(min(side, width, height)), width, height)
 
 

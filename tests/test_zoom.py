@@ -45,6 +45,17 @@ def test_crop_is_a_square_around_the_box_inside_the_image():
     assert crop_around((0.1, 0.1, 0.9, 0.9), 400, 300) == (50, 0, 350, 300)
 
 
+@pytest.mark.parametrize("size, question, reply", [
+    ((1, 1), "Where is the frog?", "The frog [[500,500,600,600]]."),
+    ((2000, 1), "What is in [[500,500,500,500]]?", "A frog."),
+    ((3, 900), "Where is the frog?", "The frog [[100,100,200,110]]."),
+])
+def test_zoom_in_looks_at_a_crop_of_a_pixel_or_more_on_the_thinnest_images(size, question, reply):
+    model = CropModel("[[250,250,750,750]]")
+    zoom_in(model, Image.new("RGB", size), question, reply)
+    assert model.asked and all(w >= 1 and h >= 1 for (w, h), *_ in model.asked)
+
+
 def test_from_crop_maps_a_crop_box_back_to_the_image():
     crop = (160, 105, 280, 225)
     assert from_crop((0.0, 0.0, 1.0, 1.0), crop, 400, 300) == pytest.approx((0.4, 0.35, 0.7, 0.75))
