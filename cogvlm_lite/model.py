@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -489,8 +490,11 @@ def is_trainable_key(key: str) -> bool:
 def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename over `path`."""
     tmp = path.with_name(f".{path.name}.tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         write(str(tmp))
+        os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would make it (safetensors makes 0600)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -581,7 +585,7 @@ def average_checkpoints(paths: Sequence[str | Path], weights: Sequence[float] | 
     weights = [1.0] * len(paths) if weights is None else [float(w) for w in weights]
     if len(paths) < 2:
         raise ValueError("averaging needs two checkpoints or more")
-    if len(weights) != len(paths) or min(weights) < 0 or sum(weights) <= 0:
+    if len(weights) != len(paths) or not all(0 <= w < math.inf for w in weights) or sum(weights) <= 0:
         raise ValueError(f"give one weight a checkpoint, none negative, not all zero: {len(paths)} "
                          f"checkpoints, weights {weights}")
     first = read_checkpoint_config(paths[0])
@@ -608,10 +612,43 @@ def read_checkpoint_config(path: Path) -> dict:
                               "(it needs config.json and model.safetensors).")
     try:
         meta = json.loads(file.read_text())
-        ModelConfig.from_dict(meta["config"])
+        check_config(ModelConfig.from_dict(meta["config"]))
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{file} is not a valid cogvlm_lite config ({e}).") from e
     return meta
+
+
+def check_config(config: ModelConfig) -> None:
+    """Raise ValueError naming the first setting of `config` of the wrong type or out of range."""
+    import timm
+
+    def whole(low: int, high: int = 1 << 20):
+        return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+    def text_or_none(v) -> bool:
+        return v is None or isinstance(v, str)
+
+    def flag(v) -> bool:
+        return isinstance(v, bool)
+
+    vision, adapter, expert = config.vision, config.adapter, config.expert
+    checks = [
+        ("language_model", config.language_model, lambda v: isinstance(v, str), "a folder or \"default\""),
+        ("max_length", config.max_length, whole(256), "a whole number of tokens, at least 256"),
+        ("system_prompt", config.system_prompt, text_or_none, "text or null"),
+        ("vision.model_name", vision.model_name, lambda v: isinstance(v, str) and timm.is_model(v),
+         "the name of a timm model"),
+        ("vision.weights", vision.weights, text_or_none, "a path or null"),
+        ("vision.image_size", vision.image_size, whole(32, 1536), "a whole number from 32 to 1536"),
+        ("adapter.downsample", adapter.downsample, flag, "true or false"),
+        ("adapter.intermediate_size", adapter.intermediate_size, lambda v: v is None or whole(1)(v),
+         "a whole number or null"),
+        ("adapter.words", adapter.words, flag, "true or false"),
+        ("expert.rank", expert.rank, whole(1), "a whole number, at least 1"),
+    ]
+    for name, value, ok, wanted in checks:
+        if not ok(value):
+            raise ValueError(f"{name} should be {wanted}, not {value!r}")
 
 
 def load_trainable(model: VisionLanguageModel, file: Path, stretch_positions: bool = False) -> None:
@@ -635,5 +672,10 @@ def load_trainable(model: VisionLanguageModel, file: Path, stretch_positions: bo
             f"{file} does not match its config: missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}, wrong shapes {wrong[:3]}. The files were mixed up; restore them."
         )
+    broken = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    if broken:
+        raise CheckpointError(f"{file} holds NaN or infinite values ({', '.join(broken[:3])}): the "
+                              "run that saved it diverged. Use an earlier checkpoint, or train "
+                              "again with a lower learning rate.")
     model.load_state_dict(state, strict=False)
 

@@ -214,6 +214,8 @@ def test_checkpoint_round_trip(tiny_model, tmp_path):
     tiny_model.save_pretrained(tmp_path / "ckpt")
     meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert meta["base"]["language_model"] and meta["trainable_parameters"] > 0
+    modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "ckpt").iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"], modes
     again = load_model(tmp_path / "ckpt", device="cpu")
     assert torch.equal(again.adapter.boi, tiny_model.adapter.boi)
     assert again.trainable_state_dict().keys() == tiny_model.trainable_state_dict().keys()
@@ -238,6 +240,39 @@ def test_damaged_or_missing_checkpoints(tiny_model, tmp_path):
     (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(CheckpointError, match="damaged"):
         load_model(tmp_path / "ckpt", device="cpu")
+
+
+@pytest.mark.parametrize("part, key, value, message", [
+    ("expert", "rank", "sixteen", "expert.rank should be a whole number, at least 1, not 'sixteen'"),
+    ("expert", "rank", -1, "expert.rank should be"),
+    ("vision", "image_size", 0, "vision.image_size should be a whole number from 32 to 1536"),
+    ("vision", "image_size", 100000, "vision.image_size should be"),
+    ("vision", "model_name", "no_such_net", "vision.model_name should be the name of a timm model"),
+    (None, "system_prompt", 5, "system_prompt should be text or null, not 5"),
+    (None, "max_length", 10, "max_length should be a whole number of tokens, at least 256"),
+    ("adapter", "words", "yes", "adapter.words should be true or false"),
+])
+def test_a_config_of_wrong_types_or_ranges_is_refused_by_name(tiny_model, tmp_path, part, key, value,
+                                                              message):
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    (meta["config"][part] if part else meta["config"])[key] = value
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=rf"config\.json is not a valid .*{message}"):
+        load_model(tmp_path / "ckpt", device="cpu")
+
+
+def test_weights_that_are_not_finite_are_refused(tiny_model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    state = load_file(tmp_path / "ckpt" / "model.safetensors")
+    state["adapter.boi"][0] = float("nan")
+    save_file(state, tmp_path / "ckpt" / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"holds NaN or infinite values \(adapter\.boi\)"):
+        load_model(tmp_path / "ckpt", device="cpu")
+    with pytest.raises(ValueError, match="give one weight a checkpoint"):
+        average_checkpoints([tmp_path / "ckpt", tmp_path / "ckpt"], [float("nan"), 1.0])
 
 
 def test_two_images_in_one_sequence_are_refused(tiny_model):
