@@ -55,6 +55,7 @@ precision over no predicted box is 0.
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import math
@@ -119,6 +120,9 @@ def read_jsonl(
         data = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found; check the path") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder; give the JSONL file in it") from None
+    data = data.removeprefix(codecs.BOM_UTF8)  # as some editors save UTF-8
     records: list[dict] = []
     bad: list[int] = []
     seen: dict[str, int] = {}

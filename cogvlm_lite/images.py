@@ -102,7 +102,8 @@ def _open(data: bytes, name: str, max_bytes: int) -> Image.Image:
             "give a PNG, JPEG, WebP, GIF, BMP or TIFF file"
         ) from e
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{name} is too large to decode safely ({e}); resize it first") from e
+        raise ImageError(f"{name} has far more pixels than the limit of {MAX_PIXELS:,}; resize it "
+                         "first") from e
     except _DECODE_ERRORS as e:
         raise ImageError(f"{name} is corrupt ({e}); re-export or re-download it") from e
 
@@ -115,7 +116,7 @@ def _prepare(image: Image.Image, name: str, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         raise ImageError(
             f"{name} is {width}x{height} = {width * height:,} pixels, more than the limit of "
-            f"{max_pixels:,}; resize it first or pass a larger max_pixels"
+            f"{max_pixels:,}; resize it first"
         )
     try:
         image.load()  # animated images: this is the first frame

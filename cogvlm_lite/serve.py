@@ -450,6 +450,9 @@ async def _read_json(request: Request) -> Any:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _bad(f"the request body is not valid JSON ({e}); send a JSON object with 'messages'",
                    None, "invalid_json") from e
+    except RecursionError:
+        raise _bad("the request body is JSON nested too deeply; send a JSON object with 'messages'",
+                   None, "invalid_json") from None
 
 
 def _prompt_tokens(model, req: ChatRequest) -> int:

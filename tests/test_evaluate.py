@@ -230,6 +230,12 @@ def test_read_jsonl_names_the_bad_line_or_skips_and_counts_it(tmp_path, caplog):
     assert "skipped 2 malformed line(s): 3, 4" in caplog.text
 
 
+def test_read_jsonl_reads_a_file_saved_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"id": "a", "image": "x.png", "question": "?"}\r\n')
+    assert read_questions(path) == [{"id": "a", "image": "x.png", "question": "?"}]
+
+
 def test_questions_need_their_fields_and_unique_ids(tmp_path):
     path = write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "image": "x.png"}])
     with pytest.raises(ValueError, match=r"line 1: missing the 'question' field"):
@@ -242,6 +248,8 @@ def test_questions_need_their_fields_and_unique_ids(tmp_path):
         read_questions(tmp_path / "empty.jsonl")
     with pytest.raises(FileNotFoundError, match="nope.jsonl not found"):
         read_questions(tmp_path / "nope.jsonl")
+    with pytest.raises(ValueError, match="is a folder; give the JSONL file in it"):
+        read_predictions(tmp_path)
 
 
 # ---------------------------------------------------------------- answering

@@ -289,6 +289,7 @@ def huge_png() -> bytes:
 BAD_REQUESTS = {
     # name: (request body or raw bytes, expected status, param, words in the message)
     "malformed JSON": (b'{"messages": [', 400, None, "not valid JSON"),
+    "JSON nested too deeply": (b"[" * 100_000, 400, None, "nested too deeply"),
     "body not an object": ([1, 2], 400, None, "JSON object"),
     "missing messages": ({"model": "cogvlm-lite"}, 400, "messages", "'messages' is required"),
     "empty messages": ({"messages": []}, 400, "messages", "non-empty"),
