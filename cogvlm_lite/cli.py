@@ -478,10 +478,11 @@ def run_probe(args) -> int:
     import torch
 
     from .model import ModelConfig, build_model
-    from .prealign import probe_image_size
+    from .prealign import probe_image_size, read_objects
     from .vision import VisionConfig
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    read_objects(args.data), read_objects(args.eval_data)  # bad files fail before the model loads
     model = build_model(ModelConfig(vision=VisionConfig(image_size=args.image_size)),
                         device=args.device, dtype=torch.float32, seed=args.seed)
     print(json.dumps(probe_image_size(model, args.data, args.eval_data, args.images, args.epochs,

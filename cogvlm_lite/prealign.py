@@ -28,12 +28,18 @@ NEGATIVES = 2048  # random other words in each step's softmax
 def read_objects(path: str | Path) -> dict[Path, list[dict]]:
     """Image path -> its objects (name, relative box), from a scenes training file."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; give a train.jsonl written by `cogvlm-lite scenes`")
     out: dict[Path, list[dict]] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
-        record = json.loads(line)
-        if "objects" not in record:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {n}: not valid JSON ({e.msg} at column {e.colno}); "
+                             "fix or delete that line") from None
+        if not isinstance(record, dict) or "objects" not in record:
             raise ValueError(f"{path}, line {n}: no 'objects' field; pre-alignment needs object "
                              "boxes as written by `cogvlm-lite scenes`")
         out[path.parent / record["image"]] = record["objects"]

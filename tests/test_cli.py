@@ -305,6 +305,17 @@ def test_ctrl_c_stops_a_chat_answer_and_the_chat_goes_on():
     assert "Paris" in rest and "Traceback" not in chat.stderr.read()
 
 
+def test_probe_cli_names_a_bad_line_or_a_missing_file(tmp_path):
+    good = tmp_path / "train.jsonl"
+    good.write_text('{"image": "a.png", "objects": []}\n')
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"image": "a.png", "objects": []}\n{"image": oops\n')
+    for data, eval_data, message in ((bad, good, "bad.jsonl, line 2: not valid JSON"),
+                                     (good, tmp_path / "nope.jsonl", "nope.jsonl not found")):
+        out = cli("probe", "--data", str(data), "--eval-data", str(eval_data))
+        assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr
+
+
 @pytest.mark.weights
 def test_probe_cli_measures_an_image_size(tmp_path):
     from cogvlm_lite.scenes import write_dataset
