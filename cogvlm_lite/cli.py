@@ -242,7 +242,7 @@ def add_dataclass_arguments(p: argparse.ArgumentParser, config: type) -> None:
 
 
 def load_options(path: str, p: argparse.ArgumentParser) -> dict:
-    """Options from a JSON file, checked against the parser's own."""
+    """Options from a JSON file, checked against the parser's own: each name, and its value's type."""
     import json
     from pathlib import Path
 
@@ -250,10 +250,28 @@ def load_options(path: str, p: argparse.ArgumentParser) -> dict:
         options = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"cannot read --config {path}: {e}") from e
-    known = {a.dest for a in p._actions}
-    unknown = sorted(set(options) - known)
+    if not isinstance(options, dict):
+        raise ValueError(f'--config {path} must hold a JSON object, such as {{"data": "train.jsonl", '
+                         '"steps": 500}')
+    actions = {a.dest: a for a in p._actions}
+    unknown = sorted(set(options) - set(actions))
     if unknown:
         raise ValueError(f"--config {path}: unknown options {unknown}")
+    for key, value in options.items():
+        action = actions[key]
+        if value is None and action.default is None:
+            continue  # an option left unset
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if action.nargs == 0:  # a flag
+            kind, fits = "true or false", isinstance(value, bool)
+        elif action.type is int:
+            kind, fits = "a whole number", number and isinstance(value, int)
+        elif action.type is float:
+            kind, fits = "a number", number
+        else:
+            kind, fits = "a string", isinstance(value, str)
+        if not fits:
+            raise ValueError(f'--config {path}: "{key}" must be {kind}, not {json.dumps(value)}')
     return options
 
 

@@ -34,6 +34,7 @@ LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant":
 class Sample:
     image: Path | None
     messages: list[dict]
+    source: str = ""  # where the record is, for messages: "train.jsonl, line 3"
 
 
 def read_conversations(path: str | Path, *, skip_bad: bool = False) -> list[Sample]:
@@ -56,24 +57,77 @@ def read_conversations(path: str | Path, *, skip_bad: bool = False) -> list[Samp
         where = "line"
     samples, bad = [], 0
     for n, record in records:
+        source = f"{path}, {where} {n}"
         try:
             if isinstance(record, str):
                 try:
                     record = json.loads(record)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"not valid JSON ({e.msg})") from e
-            samples.append(parse_record(record, path.parent))
+            sample = parse_record(record, path.parent)
         except ValueError as e:
             if not skip_bad:
-                raise ValueError(f"{path}, {where} {n}: {e}. Fix it, or pass --skip-bad to "
-                                 "skip bad records.") from e
+                raise ValueError(bad_record(source, e)) from e
             bad += 1
-            log.warning("skipped %s %s %d: %s", path, where, n, e)
+            log.warning("skipped %s: %s", source, e)
+            continue
+        sample.source = source
+        samples.append(sample)
     if bad:
         log.warning("skipped %d bad records of %d in %s", bad, len(records), path)
     if not samples:
         raise ValueError(f"{path} holds no usable conversations")
     return samples
+
+
+def bad_record(source: str, problem: Exception) -> str:
+    """The error for a bad record: where it is, what is wrong, what to do."""
+    return f"{source}: {str(problem).rstrip('.')}. Fix it, or pass --skip-bad to skip bad records."
+
+
+def usable_samples(samples: list[Sample], builder: ConversationBuilder, image_tokens: int, *,
+                   skip_bad: bool = False) -> list[Sample]:
+    """The samples whose image decodes and whose conversation fits the context.
+
+    A bad one is an error naming its file and line; with `skip_bad`, a warning. Images are
+    decoded by one thread per core.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .images import load_image
+
+    def image_problem(path: Path) -> ValueError | None:
+        try:
+            load_image(path)
+        except ValueError as e:
+            return e
+        return None
+
+    images = list(dict.fromkeys(s.image for s in samples if s.image is not None))
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        problems = dict(zip(images, pool.map(image_problem, images), strict=True))
+    usable, bad = [], 0
+    for s in samples:
+        problem = problems.get(s.image)
+        if problem is None:
+            try:
+                builder.encode(s.messages, image_tokens=image_tokens if s.image else 0,
+                               generation_prompt=False)
+            except ValueError as e:
+                problem = e
+        if problem is None:
+            usable.append(s)
+        elif skip_bad:
+            bad += 1
+            log.warning("skipped %s: %s", s.source, problem)
+        else:
+            raise ValueError(bad_record(s.source, problem)) from problem
+    if bad:
+        log.warning("skipped %d of %d records: an image that cannot be decoded, or a conversation "
+                    "too long for the context", bad, len(samples))
+    if not usable:
+        raise ValueError("no usable conversations are left after skipping the bad ones")
+    return usable
 
 
 def parse_record(record, root: Path) -> Sample:
@@ -236,9 +290,9 @@ class BatchSampler:
         groups = state.get("groups", 1)  # ungrouped, the order ignores the micro-batches
         saved = state["n"], state["seed"], groups, state.get("micro_batches", 1) * (groups > 1)
         if saved != (self.n, self.seed, self.groups, self.micro_batches * (self.groups > 1)):
-            raise ValueError("the data, seed or length grouping changed since this run was saved; "
-                             "resume with the same --data, --seed, --length-groups and "
-                             "--grad-accum, or start a new run")
+            raise ValueError("the data, seed, batch size or length grouping changed since this run "
+                             "was saved; resume with the same --data, --seed, --batch-size, "
+                             "--length-groups and --grad-accum, or start a new run")
         self.position = state["position"]
 
 

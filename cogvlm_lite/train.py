@@ -10,6 +10,10 @@ once. A run directory holds:
   states, data position), written atomically;
 - `train_config.json`, `metrics.jsonl` (one line per step, plus evaluations), `loss.png`.
 
+Everything is checked (options, data, images, evaluation questions) before anything is written.
+Ctrl-C stops after the step in progress and saves it (`--resume` goes on; a second Ctrl-C stops at
+once); a loss that becomes NaN stops the run without saving over the last good weights.
+
 Under `torchrun --nproc_per_node N` the same command trains with DDP (gloo on CPU, nccl on
 GPU); each process takes its share of every global batch, and the loss is normalised by the
 global count of labelled tokens, so the trajectory matches a single process.
@@ -24,6 +28,8 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from time import perf_counter as clock  # what `--minutes` counts; tests replace it
@@ -41,6 +47,7 @@ from .data import (
     encode_images,
     pack_by_image,
     read_conversations,
+    usable_samples,
 )
 from .expert import ExpertConfig
 from .fastdecode import onednn_bf16
@@ -58,6 +65,8 @@ from .vision import VisionConfig
 log = logging.getLogger(__name__)
 
 STATE_NAME = "train_state.pt"
+RUN_FILES = (STATE_NAME, "metrics.jsonl", "loss.png", "model.safetensors", "config.json",
+             "train_config.json")  # and eval-*.jsonl
 CALIBRATION_STEPS = 10  # `--minutes` re-times the schedule's length this often
 TIME_MARGIN = 0.95  # and plans steps for this share of the time left, so that slower steps fit
 
@@ -74,6 +83,7 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.began = clock()
+        cfg.check()
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.rank, self.world = setup_distributed()
@@ -85,7 +95,7 @@ class Trainer:
             self._check_expert_options()
         if cfg.resume and (self.out / STATE_NAME).is_file():
             self._check_steps_left()
-        self._prepare_run_dir()
+        self._check_run_dir()
         torch.manual_seed(cfg.seed)
         device = cfg.device
         if device == "auto" and self.world > 1 and torch.cuda.is_available():
@@ -99,9 +109,14 @@ class Trainer:
         model = self.model
         self.device = model.device
         samples = read_conversations(cfg.data, skip_bad=cfg.skip_bad)
+        samples = usable_samples(samples, model.builder, model.adapter.num_tokens,
+                                 skip_bad=cfg.skip_bad)
         if cfg.pack:
             samples = pack_by_image(samples)
         self.data = ConversationData(samples, model.builder, model.adapter.num_tokens)
+        if cfg.eval_data:
+            self._check_eval_data()
+        self._prepare_run_dir()  # everything checked: only now is anything written
         self.features = None
         if cfg.cache_features and self.data.images:
             self.features = encode_images(model, self.data.images, progress=self.main)
@@ -134,7 +149,7 @@ class Trainer:
                                     micro_batches=cfg.grad_accum,
                                     lengths=[self.data.tokens(i, model.adapter.num_tokens)
                                              for i in range(len(self.data))])
-        self.step = 0
+        self.step = self.saved_step = 0
         self.net = model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
@@ -176,19 +191,58 @@ class Trainer:
             raise ValueError(f"{self.out} is already at step {step}, where --steps {cfg.steps}{stop} "
                              "ends it: pass a later --stop-at, or more --steps, to train on")
 
+    def _check_eval_data(self) -> None:
+        """Read the evaluation questions, and decode the images of those evaluated, before training."""
+        from .evaluate import read_questions
+        from .images import load_image
+
+        path = Path(self.cfg.eval_data)
+        try:
+            questions = read_questions(path)[: self.cfg.eval_limit]
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--eval-data {e}") from e
+        images = {}
+        for question in questions:
+            images.setdefault(path.parent / question["image"], question["id"])
+        for image, qid in images.items():
+            try:
+                load_image(image)
+            except ValueError as e:
+                raise ValueError(f"--eval-data {path}, question {qid!r}: {e}") from e
+
     # ------------------------------------------------------------------ run directory
+
+    def _check_run_dir(self) -> None:
+        """Refuse, before anything is loaded, to write over another run, or to resume weights that
+        have no training state."""
+        cfg, out = self.cfg, self.out
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file; name a folder for the run")
+        weights_only = (out / "model.safetensors").is_file() and not (out / STATE_NAME).is_file()
+        if cfg.resume and weights_only and not cfg.force:
+            raise ValueError(f"{out} holds weights (model.safetensors) but no training state "
+                             f"({STATE_NAME}) to resume from; to train those weights on, pass "
+                             f"--init-from {out} with a new --out, or start over with --force")
+        if self._holds_run() and not (cfg.resume or cfg.force):
+            raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or "
+                                  "--force to start over (its files are replaced)")
+
+    def _holds_run(self) -> bool:
+        """Whether OUT holds more than a run that stopped before its first save leaves."""
+        out = self.out
+        if not out.is_dir():
+            return False
+        if (out / STATE_NAME).exists() or (out / "model.safetensors").exists():
+            return True
+        return any(p.name not in RUN_FILES and not (p.name.startswith("eval-") and p.suffix == ".jsonl")
+                   for p in out.iterdir())
 
     def _prepare_run_dir(self) -> None:
         cfg, out = self.cfg, self.out
-        exists = out.exists() and any(out.iterdir())
-        if exists and not (cfg.resume or cfg.force):
-            raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or "
-                                  "--force to start over (its files are replaced)")
         barrier(self.world)  # every process has looked before the main one writes
         if self.main:
-            if exists and cfg.force and not cfg.resume:
-                for name in (STATE_NAME, "metrics.jsonl", "loss.png", "model.safetensors",
-                             "config.json", "train_config.json"):
+            if not cfg.resume:  # a new run replaces what an earlier one left
+                for name in RUN_FILES:
                     (out / name).unlink(missing_ok=True)
                 for old in out.glob("eval-*.jsonl"):
                     old.unlink()
@@ -210,18 +264,27 @@ class Trainer:
         }
 
     def save(self) -> None:
-        if not self.main:
-            return
-        state = self._state()
-        atomic_write(self.out / STATE_NAME, lambda f: torch.save(state, f))
-        self.model.save_pretrained(self.out, getattr(torch, self.cfg.save_dtype))
+        """Write the checkpoint and the training state (on the main process); never NaN weights."""
+        if not all(torch.isfinite(v).all() for v in self.model.trainable_state_dict().values()):
+            raise self._diverged("the weights became NaN or infinite")
+        if self.main:
+            state = self._state()
+            atomic_write(self.out / STATE_NAME, lambda f: torch.save(state, f))
+            self.model.save_pretrained(self.out, getattr(torch, self.cfg.save_dtype))
+        self.saved_step = self.step
+
+    def _diverged(self, what: str) -> RuntimeError:
+        saved = (f"the last good weights were saved at step {self.saved_step} in {self.out}"
+                 if self.saved_step else "nothing was saved")
+        return RuntimeError(f"{what} at step {self.step}; {saved}; try a lower --lr")
 
     def _read_state(self, mmap: bool = False) -> dict:
         path = self.out / STATE_NAME
         try:
             return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
         except Exception as e:  # torch raises several types for damaged files
-            raise ValueError(f"{path} is damaged ({e}); start over with --force") from e
+            raise ValueError(f"{path} is damaged and cannot be read ({type(e).__name__}); start over "
+                             "with --force") from e
 
     def _load_state(self) -> None:
         path = self.out / STATE_NAME
@@ -236,7 +299,7 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
-        self.step = state["step"]
+        self.step = self.saved_step = state["step"]
         if self.main:
             keep_metrics_until(self.out / "metrics.jsonl", self.step)
         log.info("resumed %s at step %d", self.out, self.step)
@@ -300,29 +363,55 @@ class Trainer:
                    dynamic_ncols=True)
         last = {}
         first = self.step
-        while self.step < self._last_step():
-            start = clock()
-            last = self.train_step()
-            seconds = clock() - start
-            if cfg.minutes:
-                self._keep_to_budget(self.step - first)
-                bar.total = cfg.steps
-            last["tokens_per_s"] = round(last["tokens"] / seconds, 1)
-            last["seconds"] = round(seconds, 3)
-            if self.main:
-                append_metrics(self.out / "metrics.jsonl", last)
-                bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
-                bar.update(1)
-            done = self.step == self._last_step()
-            if cfg.save_every and self.step % cfg.save_every == 0 or done:
-                self.save()
-            if cfg.eval_data and (done or cfg.eval_every and self.step % cfg.eval_every == 0):
-                self.evaluate()
-            barrier(self.world)
-        bar.close()
+        with stop_requests() as requests, contextlib.closing(bar):
+            while self.step < self._last_step():
+                if self._stop_requested(requests):
+                    bar.close()
+                    self._stop()
+                start = clock()
+                last = self.train_step()
+                seconds = clock() - start
+                for key, what in (("loss", "the loss"), ("grad_norm", "the gradient norm")):
+                    if not math.isfinite(last[key]):
+                        raise self._diverged(f"{what} became {last[key]}")
+                if cfg.minutes:
+                    self._keep_to_budget(self.step - first)
+                    bar.total = cfg.steps
+                last["tokens_per_s"] = round(last["tokens"] / seconds, 1)
+                last["seconds"] = round(seconds, 3)
+                if self.main:
+                    append_metrics(self.out / "metrics.jsonl", last)
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
+                    bar.update(1)
+                done = self.step == self._last_step()
+                if cfg.save_every and self.step % cfg.save_every == 0 or done:
+                    self.save()
+                # Ctrl-C skips an evaluation on the way, not the final one.
+                periodic = cfg.eval_every and self.step % cfg.eval_every == 0 and not requests
+                if cfg.eval_data and (done or periodic):
+                    self.evaluate()
+                barrier(self.world)
         if self.main:
             plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
         return last
+
+    def _stop_requested(self, requests: list) -> bool:
+        """Whether Ctrl-C reached any process (all of them then stop after the same step)."""
+        asked = torch.tensor(float(len(requests)), device=self.device)
+        return bool(all_reduce(asked, self.world) > 0)
+
+    def _stop(self) -> None:
+        """End the run as Ctrl-C asked, with the step reached saved."""
+        if self.step > self.saved_step:
+            self.save()
+        if self.main:
+            if self.step:
+                log.info("stopped at step %d; saved in %s; continue with --resume", self.step,
+                         self.out)
+            else:
+                log.info("stopped before the first step; nothing to save")
+        barrier(self.world)
+        raise KeyboardInterrupt
 
     def _last_step(self) -> int:
         """Where this run ends: `steps`, or `stop_at` to train in legs (resume for the next)."""
@@ -371,6 +460,27 @@ class Trainer:
         append_metrics(self.out / "metrics.jsonl", {"step": self.step, "eval": scores})
         log.info("step %d evaluation: %s", self.step, json.dumps(scores))
         return scores
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """While training, Ctrl-C (SIGINT) asks to stop after the step in progress: the list given
+    gains an entry. A second Ctrl-C stops at once (KeyboardInterrupt, nothing saved)."""
+    requests = []
+    if threading.current_thread() is not threading.main_thread():  # signals reach only that one
+        yield requests
+        return
+
+    def ask(signum, frame):
+        if requests:
+            raise KeyboardInterrupt
+        requests.append(signum)
+
+    previous = signal.signal(signal.SIGINT, ask)
+    try:
+        yield requests
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def freeze_in(model: VisionLanguageModel, dtype: torch.dtype) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+SMALLEST_IMAGE = 32  # the image encoder's stride: the side of one feature cell
 
 
 @dataclass
@@ -43,5 +46,44 @@ class TrainConfig:
     force: bool = False
 
     def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Refuse values no run can use, naming the option (a configuration can change after it is made)."""
         if self.save_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"save_dtype must be float32, bfloat16 or float16, not {self.save_dtype!r}")
+        for name in ("steps", "batch_size", "grad_accum", "length_groups", "eval_limit",
+                     "eval_max_new_tokens"):
+            self._check_whole(name, 1)
+        for name in ("stop_at", "warmup", "save_every", "eval_every", "prealign_epochs", "seed"):
+            self._check_whole(name, 0)
+        if self.rank is not None:
+            self._check_whole("rank", 1)
+        if self.image_size is not None:
+            smallest = 2 * SMALLEST_IMAGE if self.downsample else SMALLEST_IMAGE
+            self._check_whole("image_size", smallest, " with --downsample" if self.downsample else "")
+        for name in ("lr", "adapter_lr", "clip"):
+            if not self._finite(name) or getattr(self, name) <= 0:
+                raise ValueError(f"{flag(name)} must be a finite number above 0, got {getattr(self, name)!r}")
+        for name in ("weight_decay", "min_lr_ratio"):
+            if not self._finite(name) or getattr(self, name) < 0:
+                raise ValueError(f"{flag(name)} must be a finite number, at least 0, got "
+                                 f"{getattr(self, name)!r}")
+        if not self._finite("minutes") or self.minutes < 0:
+            raise ValueError(f"--minutes must be above 0 (or 0 for no limit), got {self.minutes!r}")
+
+    def _check_whole(self, name: str, least: int, condition: str = "") -> None:
+        value = getattr(self, name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{flag(name)} must be a whole number, got {value!r}")
+        if value < least:
+            raise ValueError(f"{flag(name)} must be at least {least}{condition}, got {value}")
+
+    def _finite(self, name: str) -> bool:
+        value = getattr(self, name)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def flag(name: str) -> str:
+    """The command-line option of a field: `batch_size` -> `--batch-size`."""
+    return "--" + name.replace("_", "-")

@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,7 +170,7 @@ def test_length_groups_cut_padding_and_keep_the_data():
     halves = BatchSampler(200, 4, seed=3, lengths=lengths, groups=5, micro_batches=2)
     for step in b[:6]:  # gradient accumulation: the same steps, each in two micro-batches
         assert sorted(halves.next() + halves.next()) == sorted(step)
-    with pytest.raises(ValueError, match="length grouping changed"):
+    with pytest.raises(ValueError, match="length grouping changed.*--batch-size"):
         plain.load_state_dict(grouped.state_dict())
     with pytest.raises(ValueError, match="length grouping changed"):
         halves.load_state_dict(BatchSampler(200, 4, seed=3, lengths=lengths, groups=5).state_dict())
@@ -394,3 +396,249 @@ def test_bf16_autocast_only_where_the_cpu_runs_bf16_products_natively(scenes, ti
         train(TrainConfig(out=str(tmp_path / "asked"), bf16=True, **config))
     assert "training in bf16 autocast" in caplog.text
     assert ("no native bf16" in caplog.text) is not native
+
+
+def small_run(scenes, checkpoint, out, **options) -> TrainConfig:
+    """A few steps of the tiny model on the scenes, saved only at the end unless asked."""
+    settings = dict(data=str(scenes / "train.jsonl"), out=str(out), init_from=checkpoint, steps=3,
+                    batch_size=2, warmup=1, save_every=0, device="cpu")
+    return TrainConfig(**(settings | options))
+
+
+def interrupt_during_step(monkeypatch, step: int) -> None:
+    """Press Ctrl-C (SIGINT to this process) while training step `step` runs."""
+    from cogvlm_lite.train import Trainer
+
+    original = Trainer.train_step
+
+    def train_step(self):
+        if self.step + 1 == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+
+
+def test_ctrl_c_saves_the_step_reached_and_the_run_resumes_from_it(scenes, tiny_checkpoint, tmp_path,
+                                                                    monkeypatch, caplog):
+    from cogvlm_lite.cli import main
+
+    steady, run = tmp_path / "steady", tmp_path / "run"
+    train(small_run(scenes, tiny_checkpoint, steady, steps=5))
+    interrupt_during_step(monkeypatch, 3)
+    options = ["--data", str(scenes / "train.jsonl"), "--out", str(run), "--init-from", tiny_checkpoint,
+               "--steps", "5", "--batch-size", "2", "--warmup", "1", "--save-every", "100",
+               "--device", "cpu"]
+    with caplog.at_level("INFO", logger="cogvlm_lite.train"):
+        assert main(["train", *options]) == 130
+    assert f"stopped at step 3; saved in {run}; continue with --resume" in caplog.text
+    assert torch.load(run / "train_state.pt", weights_only=False)["step"] == 3
+    assert (run / "model.safetensors").is_file() and sorted(losses(run)) == [1, 2, 3]
+    monkeypatch.undo()
+    assert train(small_run(scenes, tiny_checkpoint, run, steps=5, resume=True))["step"] == 5
+    assert losses(run) == losses(steady)
+
+
+def test_ctrl_c_before_the_first_step_saves_nothing_and_the_folder_stays_free(scenes, tiny_checkpoint,
+                                                                              tmp_path, monkeypatch):
+    import cogvlm_lite.train as train_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "encode_images", interrupted)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(small_run(scenes, tiny_checkpoint, run))
+    assert not (run / "train_state.pt").exists() and not (run / "model.safetensors").exists()
+    monkeypatch.undo()
+    assert train(small_run(scenes, tiny_checkpoint, run))["step"] == 3  # no --force needed
+
+
+def test_a_second_ctrl_c_stops_at_once(scenes, tiny_checkpoint, tmp_path, monkeypatch):
+    from cogvlm_lite.train import Trainer
+
+    original = Trainer.train_step
+
+    def train_step(self):
+        if self.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    handler = signal.getsignal(signal.SIGINT)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(small_run(scenes, tiny_checkpoint, run, steps=5, save_every=100))
+    assert sorted(losses(run)) == [1] and not (run / "train_state.pt").exists()
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
+@pytest.mark.parametrize("option, message", [
+    ({"batch_size": 0}, "--batch-size must be at least 1, got 0"),
+    ({"grad_accum": 0}, "--grad-accum must be at least 1, got 0"),
+    ({"steps": 0}, "--steps must be at least 1, got 0"),
+    ({"steps": -5}, "--steps must be at least 1, got -5"),
+    ({"steps": None}, "--steps must be a whole number, got None"),
+    ({"minutes": -1.0}, "--minutes must be above 0 (or 0 for no limit), got -1.0"),
+    ({"lr": float("nan")}, "--lr must be a finite number above 0, got nan"),
+    ({"adapter_lr": 0.0}, "--adapter-lr must be a finite number above 0, got 0.0"),
+    ({"rank": 0}, "--rank must be at least 1, got 0"),
+    ({"image_size": 16}, "--image-size must be at least 32, got 16"),
+    ({"image_size": 32, "downsample": True}, "--image-size must be at least 64 with --downsample"),
+])
+def test_bad_numbers_are_refused_naming_the_option(tmp_path, option, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(data="train.jsonl", out=str(tmp_path / "run"), **option)
+
+
+def test_bad_numbers_stop_the_command_before_it_writes(scenes, tiny_checkpoint, tmp_path, capsys):
+    from cogvlm_lite.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(scenes / "train.jsonl"), "--out", str(run),
+                 "--batch-size", "0"]) == 1
+    assert "cogvlm-lite train: --batch-size must be at least 1, got 0" in capsys.readouterr().err
+    config = small_run(scenes, tiny_checkpoint, run)
+    config.steps = 0  # a configuration changed after it was made is checked again
+    with pytest.raises(ValueError, match="--steps must be at least 1"):
+        train(config)
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("steps", None, "a whole number"), ("pack", "no", "true or false"), ("lr", "fast", "a number"),
+    ("batch_size", 2.5, "a whole number"), ("data", 3, "a string"), ("skip_bad", 1, "true or false"),
+])
+def test_config_file_values_must_fit_their_option(tmp_path, key, value, expected):
+    from cogvlm_lite.cli import build_parser, load_options
+
+    _, parser = build_parser()
+    config = tmp_path / "recipe.json"
+    config.write_text(json.dumps({"data": "train.jsonl", "out": "run", key: value}))
+    with pytest.raises(ValueError, match=re.escape(f'--config {config}: "{key}" must be {expected}')):
+        load_options(str(config), parser)
+    config.write_text(json.dumps({"data": "train.jsonl", "rank": None, "bf16": None, "lr": 1,
+                                  "pack": True, "eval_data": None}))
+    assert load_options(str(config), parser)["lr"] == 1
+    config.write_text("[1]")
+    with pytest.raises(ValueError, match="must hold a JSON object"):
+        load_options(str(config), parser)
+
+
+def poison_weights(trainer) -> None:
+    with torch.no_grad():
+        trainer.model.adapter.linear.weight.fill_(float("nan"))
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_weights(scenes, tiny_checkpoint, tmp_path,
+                                                                    monkeypatch):
+    from safetensors.torch import load_file
+
+    from cogvlm_lite.train import Trainer
+
+    original = Trainer.train_step
+
+    def poisoned_before_step_3(self):
+        if self.step == 2:
+            poison_weights(self)
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", poisoned_before_step_3)
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match=r"the loss became nan at step 3; the last good weights "
+                                           r"were saved at step 2 in .*; try a lower --lr"):
+        train(small_run(scenes, tiny_checkpoint, run, steps=5, save_every=2))
+    assert torch.load(run / "train_state.pt", weights_only=False)["step"] == 2
+    assert all(torch.isfinite(v).all() for v in load_file(run / "model.safetensors").values())
+    assert sorted(losses(run)) == [1, 2]
+
+    def poisoned_after_step_1(self):
+        out = original(self)
+        poison_weights(self)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", poisoned_after_step_1)
+    with pytest.raises(RuntimeError, match=r"the weights became NaN or infinite at step 1; nothing "
+                                           r"was saved"):
+        train(small_run(scenes, tiny_checkpoint, tmp_path / "first", save_every=1))
+    assert not (tmp_path / "first" / "model.safetensors").exists()
+
+
+def test_a_failed_start_leaves_the_folder_free_and_the_old_run_whole(scenes, tiny_checkpoint, tmp_path):
+    good = (scenes / "train.jsonl").read_text()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(good.replace("\n", "\n{not json\n", 1))
+    (tmp_path / "images").symlink_to(scenes / "images")
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="bad.jsonl, line 2"):
+        train(small_run(scenes, tiny_checkpoint, run, data=str(bad)))
+    assert not run.exists()
+    train(small_run(scenes, tiny_checkpoint, run))  # the retry needs no --force
+    saved = {name: (run / name).read_bytes() for name in ("model.safetensors", "train_state.pt")}
+    with pytest.raises(ValueError, match="bad.jsonl, line 2"):
+        train(small_run(scenes, tiny_checkpoint, run, data=str(bad), force=True))
+    assert {name: (run / name).read_bytes() for name in saved} == saved
+
+
+def test_skip_bad_skips_corrupt_images_and_overlong_conversations(scenes, tiny_checkpoint, tmp_path,
+                                                                  caplog):
+    (tmp_path / "images").symlink_to(scenes / "images")
+    (tmp_path / "cut.png").write_bytes((scenes / "images" / "000000.png").read_bytes()[:300])
+    good = (scenes / "train.jsonl").read_text().splitlines()[:4]
+    corrupt = {"image": "cut.png", "messages": [{"role": "user", "content": "What is this?"},
+                                                 {"role": "assistant", "content": "A dog."}]}
+    overlong = {"messages": [{"role": "user", "content": "Where is the dog? " * 400},
+                             {"role": "assistant", "content": "Left."}]}
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join([*good, json.dumps(corrupt), json.dumps(overlong)]) + "\n")
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"train.jsonl, line 5: image file .*cut.png.* truncated "
+                                         r"or corrupt.*pass --skip-bad"):
+        train(small_run(scenes, tiny_checkpoint, run, data=str(data)))
+    data.write_text("\n".join([*good, json.dumps(overlong)]) + "\n")
+    with pytest.raises(ValueError, match=r"train.jsonl, line 5: the conversation is too long.*"
+                                         r"pass --skip-bad"):
+        train(small_run(scenes, tiny_checkpoint, run, data=str(data)))
+    assert not run.exists()
+    data.write_text("\n".join([*good, json.dumps(corrupt), json.dumps(overlong)]) + "\n")
+    with caplog.at_level("WARNING"):
+        assert train(small_run(scenes, tiny_checkpoint, run, data=str(data), skip_bad=True))["step"] == 3
+    assert re.search(r"skipped .*train.jsonl, line 5: image file .*cut.png", caplog.text)
+    assert re.search(r"skipped .*train.jsonl, line 6: the conversation is too long", caplog.text)
+
+
+def test_eval_data_is_checked_before_training(scenes, tiny_checkpoint, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="--eval-data .*missing.jsonl not found"):
+        train(small_run(scenes, tiny_checkpoint, run, eval_data=str(tmp_path / "missing.jsonl")))
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"id": 1, "image": "nope.png", "question": "What?"}) + "\n")
+    with pytest.raises(ValueError, match=r"--eval-data .*questions.jsonl, question 1: image file not "
+                                         r"found: .*nope.png"):
+        train(small_run(scenes, tiny_checkpoint, run, eval_data=str(questions)))
+    assert not run.exists()
+
+
+def test_resume_refuses_a_folder_with_weights_but_no_training_state(scenes, tiny_checkpoint, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_checkpoint, run)
+    weights = (run / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match=r"holds weights \(model.safetensors\) but no training state"
+                                         r".*--init-from .*--force"):
+        train(small_run(scenes, tiny_checkpoint, run, resume=True))
+    assert (run / "model.safetensors").read_bytes() == weights
+
+
+@pytest.mark.parametrize("content", [b"", b"not a training state"])
+def test_a_damaged_training_state_is_named_in_one_clear_line(scenes, tiny_checkpoint, tmp_path,
+                                                              content):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_checkpoint, run)
+    (run / "train_state.pt").write_bytes(content)
+    with pytest.raises(ValueError) as refused:
+        train(small_run(scenes, tiny_checkpoint, run, resume=True))
+    message = str(refused.value)
+    assert re.fullmatch(r"\S*train_state.pt is damaged and cannot be read \(\w+\); start over "
+                        r"with --force", message), message
