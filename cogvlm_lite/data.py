@@ -42,7 +42,7 @@ def read_conversations(path: str | Path, *, skip_bad: bool = False) -> list[Samp
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training data {path} not found")
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is skipped
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:
             records = [(i + 1, r) for i, r in enumerate(json.loads(text))]

@@ -205,6 +205,8 @@ def test_llava_format(tmp_path, scenes):
     assert sample.messages == [{"role": "user", "content": "What is this?"},
                                {"role": "assistant", "content": "A dog."}]
     assert sample.image == tmp_path / "images" / "000000.png"
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps([record]).encode())  # as Notepad saves
+    assert read_conversations(tmp_path / "bom.json")[0].messages == sample.messages
 
 
 def test_warm_start_at_another_image_size_stretches_the_grid_positions(scenes, tiny_checkpoint,
