@@ -442,14 +442,23 @@ def run_shrink(args) -> int:
 
     import torch
 
-    from .model import DEFAULT_CHECKPOINT, WEIGHTS_NAME, atomic_write, load_model
+    from .model import (
+        DEFAULT_CHECKPOINT,
+        WEIGHTS_NAME,
+        ModelConfig,
+        atomic_write,
+        check_shrink,
+        load_model,
+        read_checkpoint_config,
+    )
 
     out = free_checkpoint_folder(args.out, args.force)
+    source = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
+    check_shrink(ModelConfig.from_dict(read_checkpoint_config(source)["config"]).expert, args.rank)
     model = load_model(args.checkpoint, device="cpu", dtype=torch.float32)
     kept = model.shrink_expert(args.rank)
     model.save_pretrained(out, getattr(torch, args.save_dtype))
     # The training record stays with the weights; held-out figures would no longer be theirs.
-    source = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
     copied = [name for name in HISTORY_FILES if (source / name).is_file()]
     for name in copied:
         atomic_write(out / name, lambda f, src=source / name: shutil.copyfile(src, f))

@@ -465,14 +465,9 @@ class VisionLanguageModel(nn.Module):
     def shrink_expert(self, rank: int) -> float:
         """Cut the low-rank expert to `rank` (see `expert.shrink_experts`); returns the smallest
         share of a delta's energy kept (1.0: nothing lost)."""
-        expert = self.config.expert
-        if expert.kind != "lowrank":
-            raise ValueError(f"only a low-rank expert can be shrunk; this one is {expert.kind!r}")
-        if not 1 <= rank < expert.rank:
-            raise ValueError(f"the expert is already rank {expert.rank}; give a rank from 1 to "
-                             f"{expert.rank - 1}")
+        check_shrink(self.config.expert, rank)
         kept = shrink_experts(self.lm, rank)
-        expert.rank = rank
+        self.config.expert.rank = rank
         return kept
 
     def parameter_counts(self) -> dict[str, int]:
@@ -481,6 +476,15 @@ class VisionLanguageModel(nn.Module):
                     p.numel() for layer in self.lm.layers if layer.expert is not None
                     for p in layer.expert.parameters()),
                 "encoder": num_params(self.encoder), "trainable": trainable}
+
+
+def check_shrink(expert: ExpertConfig, rank: int) -> None:
+    """Raise ValueError unless `expert` is low-rank and `rank` is smaller than its own."""
+    if expert.kind != "lowrank":
+        raise ValueError(f"only a low-rank expert can be shrunk; this one is {expert.kind!r}")
+    if not 1 <= rank < expert.rank:
+        raise ValueError(f"the expert is already rank {expert.rank}; give a rank from 1 to "
+                         f"{expert.rank - 1}")
 
 
 def is_trainable_key(key: str) -> bool:

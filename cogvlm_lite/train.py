@@ -406,6 +406,7 @@ class Trainer:
             self.save()
         if self.main:
             if self.step:
+                plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
                 log.info("stopped at step %d; saved in %s; continue with --resume", self.step,
                          self.out)
             else:

@@ -409,3 +409,9 @@ def test_shrink_writes_a_smaller_checkpoint_and_refuses_to_overwrite(tiny_checkp
     same = cli("shrink", "--checkpoint", str(tiny_checkpoint), "--rank", "4", "--out",
                str(tmp_path / "same"))
     assert same.returncode == 1 and "already rank 4" in same.stderr
+    # checked before the model loads: a folder of only config.json is refused for the rank too
+    (tmp_path / "config-only").mkdir()
+    (tmp_path / "config-only" / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
+    early = cli("shrink", "--checkpoint", str(tmp_path / "config-only"), "--rank", "8", "--out",
+                str(tmp_path / "early"))
+    assert early.returncode == 1 and "already rank 4" in early.stderr

@@ -436,6 +436,7 @@ def test_ctrl_c_saves_the_step_reached_and_the_run_resumes_from_it(scenes, tiny_
     assert f"stopped at step 3; saved in {run}; continue with --resume" in caplog.text
     assert torch.load(run / "train_state.pt", weights_only=False)["step"] == 3
     assert (run / "model.safetensors").is_file() and sorted(losses(run)) == [1, 2, 3]
+    assert (run / "loss.png").is_file()
     monkeypatch.undo()
     assert train(small_run(scenes, tiny_checkpoint, run, steps=5, resume=True))["step"] == 5
     assert losses(run) == losses(steady)
