@@ -65,6 +65,7 @@ class Session:
     asked: int = 0  # questions put to the model so far
     stopped: int = 0  # the answers to questions up to this one are stopped
     closed: bool = False  # left for a new conversation: an answer under way shows nothing more
+    rejected: bool = False  # its upload could not be used, and was cleared from the input
 
     def put(self, question: str) -> None:
         """Make `question` the one to answer next."""
@@ -191,21 +192,24 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
     """
 
     def on_image(old: Session, path: str | None):
+        if path is None and old.rejected:  # the unusable file, cleared: its message stays
+            return old, *(gr.skip(),) * 5
         old.close()
         session = Session()  # a new image starts a new conversation
         if path is None:
-            return session, [], None, "", ""
+            return session, [], None, "", "", gr.skip()
         try:
             image = load_image(path)
         except ImageError as e:
             # Name the file as the user knows it, not by its place in Gradio's upload folder.
             message = f"Could not use this image: {str(e).replace(path, Path(path).name)}"
             gr.Warning(message)
-            return session, [notice(message)], None, "", ""
+            session.rejected = True  # and the input is cleared, so that it does not look loaded
+            return session, [notice(message)], None, "", "", None
         session.image = image
         session.view = image.copy()
         session.view.thumbnail((VIEW_SIDE, VIEW_SIDE))
-        return session, [], session.view, "", ""
+        return session, [], session.view, "", "", gr.skip()
 
     def on_click(session: Session, evt: gr.SelectData):
         if session.image is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) != 2:
@@ -213,7 +217,9 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
         width, height = session.image.size
         x = min(max(int(evt.index[0]), 0), width - 1)
         y = min(max(int(evt.index[1]), 0), height - 1)
-        session.clicks = [*session.clicks, (x, y)] if len(session.clicks) == 1 else [(x, y)]
+        first = session.clicks[0] if len(session.clicks) == 1 else None
+        # A second click makes a box, unless it would have no width or height.
+        session.clicks = [first, (x, y)] if first and x != first[0] and y != first[1] else [(x, y)]
         region = region_text(session.clicks, session.image.size)
         kind = "point" if len(session.clicks) == 1 else "box"
         hint = " (click again for a box)" if kind == "point" else ""
@@ -224,16 +230,17 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
         session.clicks = []
         return session, "", session.view
 
-    def ask(session: Session, question: str):
-        """Queue `question`, with the clicked region if any, and show it in the chat."""
+    def ask(session: Session, question: str, about_image: bool = False):
+        """Queue `question`, with the clicked region if any, and show it in the chat; a question
+        `about_image` (a quick action) needs an image."""
         question = (question or "").strip()
         region = region_text(session.clicks, session.image.size) if session.image else None
         if not question and region:
             question = REGION_PROMPT.format(region)
         if not question:
-            gr.Warning("Type a question first.")
-            session.pending = None
-            return session, gr.skip(), gr.skip(), gr.skip()
+            return refuse(session, "Type a question first.")
+        if about_image and session.image is None:
+            return refuse(session, "Upload an image first, or pick a sample.")
         session.put(with_region(question, region))
         session.clicks = []
         return session, chat_messages(session.history, session.pending), "", ""
@@ -241,16 +248,17 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
     def ask_about_object(session: Session, name: str, template: str):
         name = (name or "").strip().rstrip("?.!")
         if not name:
-            gr.Warning("Type the name of an object first (for example: dog).")
-            session.pending = None
-            return session, gr.skip(), gr.skip(), gr.skip()
-        return ask(session, template.format(name))
+            return refuse(session, "Type the name of an object first (for example: dog).")
+        return ask(session, template.format(name), about_image=True)
+
+    def refuse(session: Session, message: str):
+        """Nothing to answer: `message` under the chat says what to do instead."""
+        session.pending = None
+        return session, [*chat_messages(session.history), notice(message)], gr.skip(), gr.skip()
 
     def regenerate(session: Session):
         if not session.history:
-            gr.Warning("Nothing to regenerate yet: ask a question first.")
-            session.pending = None
-            return session, gr.skip()
+            return refuse(session, "Nothing to regenerate yet: ask a question first.")[:2]
         question, _ = session.history.pop()
         session.put(question)
         return session, chat_messages(session.history, session.pending)
@@ -322,7 +330,9 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
             return
         finally:
             stream.close()
-            if not session.closed and (completed or text):  # a stopped answer as far as it got
+            if not completed:  # a stopped answer as far as it got, less a box cut off midway
+                text = _OPEN_GROUP.sub("", text)
+            if not session.closed and (completed or text):
                 session.history.append((question, text))
         if session.closed:  # the last output is also the final one: it must not bring the chat back
             yield gr.skip(), gr.skip(), gr.skip()
@@ -396,7 +406,7 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
 
         light = dict(concurrency_limit=4)
         image_in.change(on_image, [session, image_in],
-                        [session, chatbot, annotated, region_md, zoom_md], **light)
+                        [session, chatbot, annotated, region_md, zoom_md, image_in], **light)
         image_in.select(on_click, [session], [session, region_md, annotated], queue=False)
         clear_region_btn.click(on_clear_region, [session], [session, region_md, annotated], queue=False)
 
@@ -406,7 +416,7 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
         asked = [session, chatbot, question, region_md]
         question.submit(ask, [session, question], asked, queue=False).then(**generate)
         send_btn.click(ask, [session, question], asked, queue=False).then(**generate)
-        describe_btn.click(lambda s: ask(s, DESCRIBE_PROMPT), [session], asked,
+        describe_btn.click(lambda s: ask(s, DESCRIBE_PROMPT, about_image=True), [session], asked,
                            queue=False).then(**generate)
         find_btn.click(lambda s, n: ask_about_object(s, n, FIND_PROMPT), [session, object_name],
                        asked, queue=False).then(**generate)

@@ -421,6 +421,9 @@ def test_click_a_region_and_ask_about_it(context, app_url, scripted):
 
     click_image(page, 240, 180)  # one click: a point
     expect(page.locator("#region")).to_contain_text("point")
+    click_image(page, 240, 180)  # a second on the same spot would be a box of no size: still a point
+    page.wait_for_timeout(300)
+    expect(page.locator("#region")).to_contain_text("point")
     start = len(scripted.calls)
     ask(page, "What is here")
     call = scripted.call("What is here", after=start)
@@ -517,12 +520,52 @@ def test_bad_upload_shows_a_message_and_the_app_keeps_working(context, app_url, 
     expect(chat).to_contain_text(words)
     expect(page.locator("[data-testid='toast-body']").first).to_contain_text("Could not use this image")
     assert "/tmp" not in chat.inner_text() and "Traceback" not in page.content()
+    # The file is cleared from the input, so that the app does not look as if it had an image,
+    # and the message stays.
+    expect(page.locator("#image-input button[aria-label='Remove Image']")).to_have_count(0)
+    page.wait_for_timeout(500)
+    expect(chat).to_contain_text("Could not use this image")
 
-    page.click("#image-input button[aria-label='Remove Image']")
     upload(page, SAMPLES / "breakfast.png")
     ask(page, "Still there?")
     assert scripted.call("Still there").image_size == (420, 320)
     expect(page.locator(BOT).last).to_have_text("Yes, still here.")
+
+
+def test_what_cannot_be_answered_says_what_to_do_in_the_chat(context, app_url, scripted):
+    page = open_app(context, app_url)
+    start = len(scripted.calls)
+    last = page.locator(BOT).last
+    page.click("button:text-is('Regenerate')")
+    expect(last).to_have_text("⚠️ Nothing to regenerate yet: ask a question first.")
+    ask(page, "   ")
+    expect(last).to_have_text("⚠️ Type a question first.")
+    page.click("button:text-is('Describe with boxes')")
+    expect(last).to_have_text("⚠️ Upload an image first, or pick a sample.")
+    page.click("button:text-is('Find it')")
+    expect(last).to_have_text("⚠️ Type the name of an object first (for example: dog).")
+    page.fill("#object-name textarea", "dog")
+    page.click("button:text-is('Count')")
+    expect(last).to_have_text("⚠️ Upload an image first, or pick a sample.")
+    expect(page.locator(USER)).to_have_count(0)
+    assert len(scripted.calls) == start
+
+
+def test_an_answer_stopped_inside_a_box_keeps_only_what_came_before_it(context, app_url, scripted):
+    scripted.scripts["kite, slowly"] = ("A dog [[140,590, 320,700]] near the tree.", 0.8)
+    page = open_sample(context, app_url)
+    start = len(scripted.calls)
+    ask(page, "Show me the kite, slowly.")
+    expect(page.locator(BOT).last).to_have_text("A dog")
+    page.click("button:text-is('Stop')")  # before "[[140,590," arrives, where the answer then stops
+    call = scripted.call("kite, slowly", after=start)
+    assert call.text == "A dog [[140,590,"
+    expect(page.locator(BOT).last).to_have_text("A dog")
+    page.wait_for_timeout(1000)
+    assert "[[" not in page.locator("#chat").inner_text()
+    scripted.scripts["quick"] = ("Quick answer.", 0.02)
+    ask(page, "quick?")
+    assert scripted.call("quick", after=start).history == [("Show me the kite, slowly.", "A dog ")]
 
 
 def test_two_users_at_once_keep_their_own_image_and_conversation(browser, app_url, scripted):
