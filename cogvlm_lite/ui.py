@@ -238,9 +238,9 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
         if not question and region:
             question = REGION_PROMPT.format(region)
         if not question:
-            return refuse(session, "Type a question first.")
+            return *refuse(session, "Type a question first."), gr.skip(), gr.skip()
         if about_image and session.image is None:
-            return refuse(session, "Upload an image first, or pick a sample.")
+            return *refuse(session, "Upload an image first, or pick a sample."), gr.skip(), gr.skip()
         session.put(with_region(question, region))
         session.clicks = []
         return session, chat_messages(session.history, session.pending), "", ""
@@ -248,17 +248,18 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
     def ask_about_object(session: Session, name: str, template: str):
         name = (name or "").strip().rstrip("?.!")
         if not name:
-            return refuse(session, "Type the name of an object first (for example: dog).")
+            message = "Type the name of an object first (for example: dog)."
+            return *refuse(session, message), gr.skip(), gr.skip()
         return ask(session, template.format(name), about_image=True)
 
     def refuse(session: Session, message: str):
-        """Nothing to answer: `message` under the chat says what to do instead."""
+        """Nothing to answer: the chat as it was, `message` at its end saying what to do instead."""
         session.pending = None
-        return session, [*chat_messages(session.history), notice(message)], gr.skip(), gr.skip()
+        return session, [*chat_messages(session.history), notice(message)]
 
     def regenerate(session: Session):
         if not session.history:
-            return refuse(session, "Nothing to regenerate yet: ask a question first.")[:2]
+            return refuse(session, "Nothing to regenerate yet: ask a question first.")
         question, _ = session.history.pop()
         session.put(question)
         return session, chat_messages(session.history, session.pending)
