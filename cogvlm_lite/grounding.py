@@ -243,6 +243,27 @@ def strip_groundings(text: str) -> str:
     return text.strip()
 
 
+def check_regions(question: str) -> None:
+    """Raise ValueError naming the first ``[[...]]`` group in `question` that is not a region:
+    points ``[[x,y]]`` and boxes ``[[x0,y0,x1,y1]]`` (several joined by ``;``) of whole numbers
+    from 0 to 999, each box with x0 < x1 and y0 < y1. A group with letters is a format asked for
+    ("Answer in [[x0,y0,x1,y1]] format."), not a region, and so is an empty one."""
+    for match in _GROUP.finditer(question):
+        if not match[1].strip() or any(c.isalpha() for c in match[1]):
+            continue
+        for member in match[1].split(";"):
+            fields = [f.strip() for f in member.split(",")]
+            numbers = [int(f) for f in fields if _NUMBER.fullmatch(f)]
+            ok = len(fields) in (2, 4) and len(numbers) == len(fields) and max(numbers) <= 999
+            if ok and len(numbers) == 4:
+                ok = numbers[0] < numbers[2] and numbers[1] < numbers[3]
+            if not ok:
+                raise ValueError(
+                    f"{match[0]} is not a region: give a point [[x,y]] or a box [[x0,y0,x1,y1]] of "
+                    "whole numbers from 0 to 999 (thousandths of the width and height), with "
+                    "x0 < x1 and y0 < y1")
+
+
 def regions_before_punctuation(question: str) -> str:
     """`question` with groups typed after its final punctuation moved before it.
 

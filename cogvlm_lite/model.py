@@ -38,7 +38,7 @@ from .decoder import Decoder, num_params
 from .expert import ExpertConfig, Route, add_visual_experts, shrink_experts
 from .fastdecode import FORMATS, FastDecoder, onednn_bf16
 from .generation import GenerationConfig, decode_tokens
-from .grounding import parse_groundings
+from .grounding import check_regions, parse_groundings
 from .images import load_image
 from .vision import ImageEncoder, VisionConfig
 from .weights import default_lm_dir
@@ -277,6 +277,8 @@ class VisionLanguageModel(nn.Module):
         a small region's crop is asked first, the whole image only where the crop's answer does
         not do.
         """
+        if image is not None:
+            check_regions(query)
         zoom = zoom and image is not None
         about_region = zoom and bool(parse_groundings(query))
         if about_region:
@@ -302,6 +304,7 @@ class VisionLanguageModel(nn.Module):
         config = GenerationConfig(**generation)
         messages = as_messages(history, query, system or self.config.system_prompt)
         if image is not None:
+            check_regions(query)
             messages = map_questions(messages, typed_as_trained)
         with self._lock:
             yield from self._stream(image, messages, config)

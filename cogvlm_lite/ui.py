@@ -22,6 +22,7 @@ import gradio as gr
 from PIL import Image
 
 from .grounding import (
+    check_regions,
     draw_groundings,
     format_box,
     format_point,
@@ -221,6 +222,11 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
         # A second click makes a box, unless it would have no width or height.
         session.clicks = [first, (x, y)] if first and x != first[0] and y != first[1] else [(x, y)]
         region = region_text(session.clicks, session.image.size)
+        try:
+            check_regions(region)
+        except ValueError:  # under a thousandth of the image wide or high
+            session.clicks = [(x, y)]
+            region = region_text(session.clicks, session.image.size)
         kind = "point" if len(session.clicks) == 1 else "box"
         hint = " (click again for a box)" if kind == "point" else ""
         view = draw_groundings(session.view, f"selected {kind} {region}")

@@ -67,6 +67,7 @@ from .grounding import (
     box_area,
     box_centre,
     box_side,
+    check_regions,
     format_box,
     format_boxes,
     from_pixels,
@@ -206,6 +207,10 @@ def region_look(model, image, question: str, **generation) -> Looks[str | None]:
     image = _opened(image)
     crop = crop_around(region, *image.size)
     inside = format_box(to_crop(region, crop, *image.size))
+    try:
+        check_regions(inside)
+    except ValueError:  # a region under a thousandth of the crop: no box left to ask about
+        return None
     question = question[: regions[0].start] + inside + question[regions[0].end :]
     text = yield from answer(model, image.crop(crop), question, **generation)
     return None if parse_groundings(text) else text

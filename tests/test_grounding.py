@@ -5,6 +5,7 @@ from PIL import Image, ImageChops
 
 from cogvlm_lite.grounding import (
     Grounding,
+    check_regions,
     draw_groundings,
     format_box,
     format_boxes,
@@ -19,6 +20,24 @@ from cogvlm_lite.grounding import (
     to_grid,
     to_pixels,
 )
+
+
+@pytest.mark.parametrize("question", [
+    "What is in [[2000,2000,3000,3000]]?", "What is in [[0,0,0,0]]?", "What is in [[1,2,3]]?",
+    "What is [[-5,-5,100,100]]?", "What is [[900,900,100,100]]?", "What is [[1.5,2.5,3,4]]?",
+    "What are [[100,100,200,200;5,5;7]]?", "What is [[ , ]]?",
+])
+def test_a_question_s_groups_must_be_points_or_boxes_of_the_grid(question):
+    with pytest.raises(ValueError, match=r"is not a region: give a point \[\[x,y\]\] or a box"):
+        check_regions(question)
+
+
+def test_questions_with_grid_regions_formats_or_none_pass():
+    for question in ("What is in [[120,300,480,720]]?", "What is this [[500,500]]?",
+                     "And [[000,000,999,999;010,020,030,040]]?", "Describe the image.",
+                     "Where is the dog? Answer in [[x0,y0,x1,y1]] format.", "A point [[x,y]]?",
+                     "What is [[]]?"):
+        check_regions(question)
 
 
 def test_to_grid_rounds_and_clamps():

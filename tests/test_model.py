@@ -275,6 +275,13 @@ def test_weights_that_are_not_finite_are_refused(tiny_model, tmp_path):
         average_checkpoints([tmp_path / "ckpt", tmp_path / "ckpt"], [float("nan"), 1.0])
 
 
+def test_a_region_off_the_grid_is_refused_before_answering(tiny_model):
+    for ask in (tiny_model.chat, lambda *a: list(tiny_model.stream_chat(*a))):
+        with pytest.raises(ValueError, match=r"\[\[2000,2000,3000,3000\]\] is not a region"):
+            ask(image(), "What is in [[2000,2000,3000,3000]]?")
+    assert isinstance(tiny_model.chat(None, "What is [[2000]]?", max_new_tokens=2), str)  # text only
+
+
 def test_two_images_in_one_sequence_are_refused(tiny_model):
     ids = torch.tensor([[5, IMAGE_TOKEN_ID, 6, IMAGE_TOKEN_ID]])
     with pytest.raises(ValueError, match="one image"):
