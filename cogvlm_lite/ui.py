@@ -218,13 +218,11 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
         width, height = session.image.size
         x = min(max(int(evt.index[0]), 0), width - 1)
         y = min(max(int(evt.index[1]), 0), height - 1)
-        first = session.clicks[0] if len(session.clicks) == 1 else None
-        # A second click makes a box, unless it would have no width or height.
-        session.clicks = [first, (x, y)] if first and x != first[0] and y != first[1] else [(x, y)]
+        session.clicks = [*session.clicks, (x, y)] if len(session.clicks) == 1 else [(x, y)]
         region = region_text(session.clicks, session.image.size)
         try:
             check_regions(region)
-        except ValueError:  # under a thousandth of the image wide or high
+        except ValueError:  # a box with no width or height on the grid: the click is a point
             session.clicks = [(x, y)]
             region = region_text(session.clicks, session.image.size)
         kind = "point" if len(session.clicks) == 1 else "box"
