@@ -149,6 +149,7 @@ def app_url(scripted):
     demo = build_ui(scripted, "tiny test model")
     url = launch_ui(demo, port=free_port(), block=False, quiet=True)
     yield url
+    scripted.settle()  # no answer may still run on the model when the process ends
     demo.close()
 
 
