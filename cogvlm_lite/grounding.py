@@ -97,12 +97,18 @@ class Grounding:
     end: int
 
 
-def _parse_member(member: str) -> tuple[float, ...] | None:
-    """Read one ``;``-separated member as 2 or 4 grid values, or None if it is not one."""
+def _grid_numbers(member: str) -> list[int] | None:
+    """One ``;``-separated member's 2 or 4 whole numbers, or None if it is not that."""
     fields = [f.strip() for f in member.split(",")]
     if len(fields) not in (2, 4) or not all(_NUMBER.fullmatch(f) for f in fields):
         return None
-    return tuple(min(int(f), 999) / 1000 for f in fields)
+    return [int(f) for f in fields]
+
+
+def _parse_member(member: str) -> tuple[float, ...] | None:
+    """Read one ``;``-separated member as 2 or 4 grid values, or None if it is not one."""
+    numbers = _grid_numbers(member)
+    return None if numbers is None else tuple(min(n, 999) / 1000 for n in numbers)
 
 
 def _phrase(before: str) -> str:
@@ -252,12 +258,8 @@ def check_regions(question: str) -> None:
         if not match[1].strip() or any(c.isalpha() for c in match[1]):
             continue
         for member in match[1].split(";"):
-            fields = [f.strip() for f in member.split(",")]
-            numbers = [int(f) for f in fields if _NUMBER.fullmatch(f)]
-            ok = len(fields) in (2, 4) and len(numbers) == len(fields) and max(numbers) <= 999
-            if ok and len(numbers) == 4:
-                ok = numbers[0] < numbers[2] and numbers[1] < numbers[3]
-            if not ok:
+            n = _grid_numbers(member)
+            if n is None or max(n) > 999 or len(n) == 4 and not (n[0] < n[2] and n[1] < n[3]):
                 raise ValueError(
                     f"{match[0]} is not a region: give a point [[x,y]] or a box [[x0,y0,x1,y1]] of "
                     "whole numbers from 0 to 999 (thousandths of the width and height), with "

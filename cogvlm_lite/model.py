@@ -277,11 +277,10 @@ class VisionLanguageModel(nn.Module):
         a small region's crop is asked first, the whole image only where the crop's answer does
         not do.
         """
-        if image is not None:
-            check_regions(query)
         zoom = zoom and image is not None
         about_region = zoom and bool(parse_groundings(query))
         if about_region:
+            check_regions(query)  # as `stream_chat` does, before the crop is asked instead
             answer = ask_on_region_crop(self, image, query, **kwargs)
             if answer is not None:
                 return answer

@@ -369,8 +369,7 @@ def make_scene(
     low, high = objects
     if not 1 <= low <= high:
         raise ValueError(f"objects must be (low, high) with 1 <= low <= high, got {objects}")
-    if image_size < 32:
-        raise ValueError(f"image_size must be at least 32 pixels, got {image_size}")
+    check_image_size(image_size)
     unknown = [kind for kind in backgrounds if kind not in BACKGROUNDS]
     if not backgrounds or unknown:
         raise ValueError(f"backgrounds must be some of {BACKGROUNDS}, got {tuple(backgrounds)}")
@@ -502,6 +501,12 @@ def _write_scene(out: Path, i: int, seed: int, image_size: int, wording: str,
     return conversations, questions
 
 
+def check_image_size(image_size: int) -> None:
+    """Raise ValueError for a scene too small to draw (under 32 pixels)."""
+    if image_size < 32:
+        raise ValueError(f"image_size must be at least 32 pixels, got {image_size}")
+
+
 def write_dataset(
     out: str | Path, n: int, seed: int = 0, *, image_size: int = 256, force: bool = False,
     workers: int = 1, wording: str = "trained", style: str = "trained", counting: bool = False,
@@ -547,8 +552,7 @@ def write_dataset(
     if not low <= aspect[0] <= aspect[1] <= high:
         raise ValueError(f"aspect must be (low, high) with {low} <= low <= high <= {high}, "
                          f"got {aspect}")
-    if image_size < 32:
-        raise ValueError(f"image_size must be at least 32 pixels, got {image_size}")
+    check_image_size(image_size)
     if seed < 0 or workers < 1:
         raise ValueError(f"need seed >= 0 and workers >= 1, got seed {seed} and workers {workers}")
     extras = [name for name, wanted in (("count", counting), ("locate", locating)) if wanted]
