@@ -56,6 +56,7 @@ precision over no predicted box is 0.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import logging
 import math
@@ -72,6 +73,7 @@ from .grounding import (
     box_area,
     box_centre,
     box_side,
+    check_regions,
     iou,
     merge_boxes,
     parse_boxes,
@@ -213,13 +215,16 @@ def run_vqa(
     are answered grouped by image, so the model reuses its encoding of an image. The model is
     `model` if given, else loaded from `checkpoint` (default: the embedded model) onto
     `device`, and only when there is work to do.
-    Every image is read and checked before the model loads; a missing or unreadable one raises
-    ValueError naming the question and the file.
+    Every image is read and every region a question names checked before the model loads, and
+    every question checked to fit the context before the first is answered; a missing or
+    unreadable image, a malformed region or an overlong question raises ValueError naming the
+    question. One run writes `out` at a time: another run on it raises ValueError at once.
     Returns ``{"questions", "answered", "skipped", "seconds", "out"}``.
     """
     from tqdm import tqdm
 
     from .images import load_image
+    from .model import exclusive
 
     data, out = Path(data), Path(out)
     if limit is not None and limit < 1:
@@ -231,38 +236,54 @@ def run_vqa(
     questions = read_questions(data)
     if limit is not None:
         questions = questions[:limit]
-    done = _done_ids(out)
-    todo = [q for q in questions if str(q["id"]) not in done]
-    # Grouped by image in order of first appearance, so consecutive questions share an image.
-    by_image: dict[Path, list[dict]] = {}
-    for q in todo:
-        image = data.parent / q["image"]
-        if image not in by_image:
-            _check_image(image, q["id"], data)
-        by_image.setdefault(image, []).append(q)
-
+    busy = f"another vqa run is writing {out}; wait for it to finish, or name another --out"
     start = time.perf_counter()
     answered = 0
-    if todo:
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            f = open(out, "ab")
-        except OSError as e:
-            raise ValueError(f"cannot write predictions to {out} ({e.strerror}); "
-                             "name a file in a folder you can write to") from None
-        with f:
+    with contextlib.ExitStack() as held:
+        locked = out.exists()
+        if locked:  # before its last line may be cut: a run writing it may be midway
+            held.enter_context(exclusive(out, busy))
+        done = _done_ids(out)
+        todo = [q for q in questions if str(q["id"]) not in done]
+        # Grouped by image in order of first appearance, so consecutive questions share an image.
+        by_image: dict[Path, list[dict]] = {}
+        for q in todo:
+            _check_question(q)
+            image = data.parent / q["image"]
+            if image not in by_image:
+                _check_image(image, q["id"], data)
+            by_image.setdefault(image, []).append(q)
+        if todo:
+            cannot_write = (f"cannot write predictions to {out} ({{}}); "
+                            "name a file in a folder you can write to")
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ValueError(cannot_write.format(e.strerror)) from None
+            if not os.access(out if out.exists() else out.parent, os.W_OK):
+                raise ValueError(cannot_write.format("permission denied"))
             if model is None:
                 from .model import load_model
 
                 model = load_model(checkpoint, device=device, decode=decode)
+            for q in todo:  # every question fits the context, before the first is answered
+                _check_question(q, model, max_new_tokens)
+            try:
+                f = held.enter_context(open(out, "ab"))
+            except OSError as e:
+                raise ValueError(cannot_write.format(e.strerror)) from None
+            if not locked:
+                held.enter_context(exclusive(out, busy))
+                done = _done_ids(out)  # a run that started beside this one may have finished
             bar = tqdm(total=len(todo), desc="vqa", unit="q", dynamic_ncols=True)
             for path, group in by_image.items():
                 image = load_image(path)
                 for q in group:
+                    if str(q["id"]) in done:
+                        continue
                     try:
                         reply = model.chat(image, q["question"], history=[],
-                                           max_new_tokens=max_new_tokens, temperature=0.0,
-                                           zoom=zoom)
+                                           max_new_tokens=max_new_tokens, temperature=0.0, zoom=zoom)
                     except ValueError as e:
                         raise ValueError(f"question {q['id']!r}: {e}") from e
                     line = json.dumps({"id": q["id"], "prediction": reply}, ensure_ascii=False) + "\n"
@@ -274,10 +295,22 @@ def run_vqa(
     return {
         "questions": len(questions),
         "answered": answered,
-        "skipped": len(questions) - len(todo),
+        "skipped": len(questions) - answered,
         "seconds": round(time.perf_counter() - start, 3),
         "out": str(out),
     }
+
+
+def _check_question(q: dict, model: Any = None, max_new_tokens: int = 0) -> None:
+    """Raise ValueError naming the question if it names a region that is not one or, with
+    `model`, if it does not fit the model's context with room for `max_new_tokens`."""
+    try:
+        if model is None:
+            check_regions(q["question"])
+        else:
+            model.encode_prompt(q["question"], image=True, max_new_tokens=max_new_tokens)
+    except ValueError as e:
+        raise ValueError(f"question {q['id']!r}: {e}") from None
 
 
 def _check_image(path: Path, qid, data: Path) -> None:

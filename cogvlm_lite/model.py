@@ -301,12 +301,26 @@ class VisionLanguageModel(nn.Module):
         moved before it, capitals and the final punctuation typed where they are missing).
         """
         config = GenerationConfig(**generation)
-        messages = as_messages(history, query, system or self.config.system_prompt)
-        if image is not None:
-            check_regions(query)
-            messages = map_questions(messages, typed_as_trained)
+        messages = self._messages(query, history, system, image is not None)
         with self._lock:
             yield from self._stream(image, messages, config)
+
+    def encode_prompt(self, query: str, history: Sequence = (), *, image: bool,
+                      system: str | None = None, max_new_tokens: int = GenerationConfig.max_new_tokens):
+        """The prompt `stream_chat` would answer, encoded (`conversation.Encoded`), with room for
+        `max_new_tokens`: its ids (the image as one) and `dropped_turns`, the oldest exchanges left
+        out to fit the context. ValueError when the question alone cannot fit, or, about an image,
+        when it names a region that is not one."""
+        messages = self._messages(query, history, system, image)
+        return self.builder.encode(messages, image_tokens=self.adapter.num_tokens if image else 0,
+                                   reserve=max_new_tokens)
+
+    def _messages(self, query: str, history: Sequence, system: str | None, image: bool) -> list:
+        messages = as_messages(history, query, system or self.config.system_prompt)
+        if image:
+            check_regions(query)
+            messages = map_questions(messages, typed_as_trained)
+        return messages
 
     def _bf16_prefill(self, has_image: bool) -> bool:
         return (has_image and self.image_prefill_bf16 and self.device.type == "cpu"
@@ -505,6 +519,26 @@ def atomic_write(path: Path, write) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, busy: str) -> Iterator[None]:
+    """Hold an advisory lock on `path`, an existing file or folder, for the block; ValueError
+    `busy` at once when another process holds it. Where there are no such locks, holds none."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(busy) from None
+        yield
+    finally:
+        os.close(fd)  # which releases the lock
 
 
 def pick_device(device: str | None = "auto") -> torch.device:

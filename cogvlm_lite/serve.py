@@ -43,7 +43,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .conversation import as_messages
+from .grounding import check_regions
 from .images import MAX_BYTES, ImageError, load_image
 from .zoom import looking_again, run_looks
 
@@ -456,15 +456,20 @@ async def _read_json(request: Request) -> Any:
 
 
 def _prompt_tokens(model, req: ChatRequest) -> int:
-    """Prompt length in positions, the image's tokens included; `APIError` when it cannot fit."""
-    messages = as_messages(req.history, req.query, req.system or model.config.system_prompt)
-    n_image = model.adapter.num_tokens if req.image is not None else 0
+    """Prompt length in positions, the image's tokens included; `APIError` when it cannot fit
+    or, about an image, names a region that is not one."""
+    image = req.image is not None
+    if image:
+        try:
+            check_regions(req.query)
+        except ValueError as e:
+            raise _bad(str(e), "messages", "invalid_region") from e
     try:
-        encoded = model.builder.encode(messages, image_tokens=n_image,
-                                       reserve=req.generation["max_new_tokens"])
+        encoded = model.encode_prompt(req.query, req.history, image=image, system=req.system,
+                                      max_new_tokens=req.generation["max_new_tokens"])
     except ValueError as e:
         raise _bad(f"{e} (or lower max_tokens)", "messages", "context_length_exceeded") from e
-    return len(encoded.input_ids) + max(n_image - 1, 0)
+    return len(encoded.input_ids) + (model.adapter.num_tokens - 1 if image else 0)
 
 
 def _count(model, text: str, limit: int) -> int:

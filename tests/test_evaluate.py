@@ -361,6 +361,34 @@ def test_run_vqa_reads_every_image_before_loading_a_model(vqa_data, tmp_path, da
     assert not out.exists()
 
 
+def test_run_vqa_checks_every_question_before_answering_any(tiny_model, vqa_data, tmp_path):
+    items = [json.loads(line) for line in vqa_data.read_text().splitlines()]
+    items[3]["question"] = "What is at [[200,300,2000,900]]?"
+    write_jsonl(vqa_data, items)
+    out = tmp_path / "p.jsonl"
+    with pytest.raises(ValueError, match=r"question 'q3': \[\[200,300,2000,900\]\] is not a region"):
+        run_vqa(vqa_data, out, checkpoint=tmp_path / "no-such-checkpoint")  # before loading a model
+    assert not out.exists()
+    items[3]["question"] = "Why? " * 600  # longer than the tiny model's 512-token context
+    write_jsonl(vqa_data, items)
+    with pytest.raises(ValueError, match=r"question 'q3': the conversation is too long"):
+        run_vqa(vqa_data, out, model=tiny_model, max_new_tokens=4)
+    assert not out.exists()  # nothing answered: not three answers, then a stop
+
+
+def test_run_vqa_refuses_an_out_file_another_run_is_writing(tiny_model, vqa_data, tmp_path):
+    from cogvlm_lite.model import exclusive
+
+    out = tmp_path / "p.jsonl"
+    out.write_text('{"id": "q0", "prediction": "kept"}\n{"id": "q1", "predic')
+    before = out.read_bytes()
+    with exclusive(out, "held"):  # as a run answering into it holds it
+        with pytest.raises(ValueError, match=r"another vqa run is writing .*p\.jsonl; wait for it"):
+            run_vqa(vqa_data, out, model=tiny_model, max_new_tokens=2)
+    assert out.read_bytes() == before  # its half-written last line is the other run's to finish
+    assert run_vqa(vqa_data, out, model=tiny_model, max_new_tokens=2)["answered"] == 3
+
+
 # ---------------------------------------------------------------- command line
 
 

@@ -323,6 +323,13 @@ BAD_REQUESTS = {
                              "stream: false"),
     "several choices": ({"messages": [user("Hi")], "n": 2}, 400, "n", "n must be 1"),
     "tools": ({"messages": [user("Hi")], "tools": [{"type": "function"}]}, 400, "tools", "not supported"),
+    "region off the grid": ({"messages": [user("What is [[200,300,2000,900]]?", data_url(png_bytes()))]},
+                            400, "messages", "is not a region"),
+    "region off the grid, streamed": (
+        {"messages": [user("What is [[600,300,200,900]]?", data_url(png_bytes()))], "stream": True},
+        400, "messages", "x0 < x1"),
+    "message longer than the context": ({"messages": [user("Why? " * 600)]}, 400, "messages",
+                                        "conversation is too long"),
 }
 
 
