@@ -56,6 +56,7 @@ from .model import (
     VisionLanguageModel,
     atomic_write,
     build_model,
+    exclusive,
     load_model,
     read_checkpoint_config,
 )
@@ -81,11 +82,13 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, locks: contextlib.ExitStack):
+        """`locks` holds the run folder's lock (the main process's) until it closes."""
         self.began = clock()
         cfg.check()
         self.cfg = cfg
         self.out = Path(cfg.out)
+        self.locks, self.locked = locks, False
         self.rank, self.world = setup_distributed()
         self.main = self.rank == 0
         if cfg.batch_size % (self.world * cfg.grad_accum):
@@ -219,6 +222,7 @@ class Trainer:
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} is a file; name a folder for the run")
         weights_only = (out / "model.safetensors").is_file() and not (out / STATE_NAME).is_file()
+        self._lock_run_dir()
         if cfg.resume and weights_only and not cfg.force:
             raise ValueError(f"{out} holds weights (model.safetensors) but no training state "
                              f"({STATE_NAME}) to resume from; to train those weights on, pass "
@@ -226,6 +230,13 @@ class Trainer:
         if self._holds_run() and not (cfg.resume or cfg.force):
             raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or "
                                   "--force to start over (its files are replaced)")
+
+    def _lock_run_dir(self) -> None:
+        """Lock OUT, if it is there yet, so that no other training run writes it meanwhile."""
+        if self.main and not self.locked and self.out.is_dir():
+            self.locks.enter_context(exclusive(self.out, f"another training run is writing {self.out}; "
+                                                         "wait for it to finish, or name another --out"))
+            self.locked = True
 
     def _holds_run(self) -> bool:
         """Whether OUT holds more than a run that stopped before its first save leaves."""
@@ -247,6 +258,7 @@ class Trainer:
                 for old in out.glob("eval-*.jsonl"):
                     old.unlink()
             out.mkdir(parents=True, exist_ok=True)
+            self._lock_run_dir()
             text = json.dumps(asdict(cfg), indent=2)
             atomic_write(out / "train_config.json", lambda f: Path(f).write_text(text))
         barrier(self.world)
@@ -575,16 +587,17 @@ def plot_losses(metrics: Path, png: Path, size=(720, 360)) -> None:
 
 
 def train(cfg: TrainConfig) -> dict:
-    trainer = Trainer(cfg)
-    try:
-        last = trainer.fit()
-        barrier(trainer.world)  # every rank done before any leaves
-        return last
-    finally:
-        if trainer.world > 1 and dist.is_initialized():
-            # DDP's reducer goes before the process group it uses: left to interpreter exit,
-            # its teardown now and then aborted a rank.
-            trainer.net = None
-            gc.collect()
-            dist.destroy_process_group()
+    with contextlib.ExitStack() as locks:
+        trainer = Trainer(cfg, locks)
+        try:
+            last = trainer.fit()
+            barrier(trainer.world)  # every rank done before any leaves
+            return last
+        finally:
+            if trainer.world > 1 and dist.is_initialized():
+                # DDP's reducer goes before the process group it uses: left to interpreter exit,
+                # its teardown now and then aborted a rank.
+                trainer.net = None
+                gc.collect()
+                dist.destroy_process_group()
 

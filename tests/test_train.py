@@ -645,3 +645,17 @@ def test_a_damaged_training_state_is_named_in_one_clear_line(scenes, tiny_checkp
     message = str(refused.value)
     assert re.fullmatch(r"\S*train_state.pt is damaged and cannot be read \(\w+\); start over "
                         r"with --force", message), message
+
+
+def test_a_run_folder_another_run_is_writing_is_refused_untouched(scenes, tiny_checkpoint, tmp_path):
+    from cogvlm_lite.model import exclusive
+
+    run = tmp_path / "run"
+    train(small_run(scenes, tiny_checkpoint, run))
+    saved = {p.name: p.read_bytes() for p in run.iterdir()}
+    for options in ({"resume": True, "steps": 5}, {"force": True}):
+        with exclusive(run, "held"):  # as a training run writing it holds it
+            with pytest.raises(ValueError, match=f"another training run is writing {run}; wait"):
+                train(small_run(scenes, tiny_checkpoint, run, **options))
+        assert {p.name: p.read_bytes() for p in run.iterdir()} == saved
+    assert train(small_run(scenes, tiny_checkpoint, run, resume=True, steps=5))["step"] == 5
