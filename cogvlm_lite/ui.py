@@ -165,6 +165,21 @@ def looking_note(looks: int) -> str:
     return f"*Looking again on crops ({done}); Stop keeps the answer as it is.*"
 
 
+def context_note(model, image, question: str, history: list, max_new_tokens: int) -> str:
+    """The line under the chat when the oldest exchanges no longer fit the model's context."""
+    try:
+        dropped = model.encode_prompt(question, history, image=image is not None,
+                                      max_new_tokens=max_new_tokens).dropped_turns
+    except ValueError:  # the question alone does not fit: the answer says so
+        return ""
+    if not dropped:
+        return ""
+    which, it = ("exchange no longer fits", "it") if dropped == 1 else (
+        f"{dropped} exchanges no longer fit", "them")
+    return (f"*The oldest {which} the model's context ({model.config.max_length} tokens): this "
+            f"answer did not see {it}. Clear to start afresh.*")
+
+
 def about_text(model, checkpoint: str) -> str:
     """One line on what is running: base models, checkpoint, parameter counts."""
     config = model.config
@@ -299,6 +314,7 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
         completed = False
         options = dict(temperature=float(temperature), top_p=float(top_p),
                        max_new_tokens=int(max_new_tokens))
+        note = context_note(model, session.image, question, session.history, options["max_new_tokens"])
         stream = model.stream_chat(session.image, question, list(session.history), **options)
         try:
             if not stopped():  # Stop may come before the model is free
@@ -342,7 +358,7 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
         if session.closed:  # the last output is also the final one: it must not bring the chat back
             yield gr.skip(), gr.skip(), gr.skip()
         else:
-            yield chat_messages(session.history), view_for(text), ""
+            yield chat_messages(session.history), view_for(text), note
 
     def _fail(session: Session, messages: list[dict], text: str, message: str):
         gr.Warning(message)

@@ -569,6 +569,33 @@ def test_an_answer_stopped_inside_a_box_keeps_only_what_came_before_it(context, 
     assert scripted.call("quick", after=start).history == [("Show me the kite, slowly.", "A dog ")]
 
 
+def test_a_note_says_when_the_oldest_exchanges_no_longer_fit_the_context(context, app_url, scripted):
+    chatty = "The dog is at the left of the red apple. " * 6  # some 70 of the tiny model's tokens
+    with scripted.scripted({"chatty": (chatty.strip(), 0.0)}):
+        page = open_sample(context, app_url)
+        notes = []
+        for turn in range(1, 6):
+            start = len(scripted.calls)
+            ask(page, f"chatty {turn}?")
+            call = scripted.call(f"chatty {turn}?", after=start)
+            expect(page.locator(USER)).to_have_count(turn)
+            expect(page.locator(BOT)).to_have_count(turn)
+            dropped = scripted.model.encode_prompt(call.query, call.history, image=True,
+                                                   max_new_tokens=256).dropped_turns
+            status = page.locator("#zoom-status")
+            if dropped:
+                expect(status).to_contain_text("The oldest")
+                expect(status).to_contain_text("no longer fit")
+                expect(status).to_contain_text("(512 tokens)")
+                expect(status).to_contain_text("exchange " if dropped == 1 else f"{dropped} exchanges")
+            else:
+                expect(status).to_have_text("")
+            notes.append(dropped)
+        assert notes[0] == 0 and notes[-1] >= 1, notes  # the whole story: from no note to a note
+        page.click("button:text-is('Clear')")
+        expect(page.locator("#zoom-status")).to_have_text("")
+
+
 def test_two_users_at_once_keep_their_own_image_and_conversation(browser, app_url, scripted):
     scripted.scripts["alpha"] = ("Alpha sees the park.", 0.1)
     scripted.scripts["beta"] = ("Beta sees the street.", 0.1)
