@@ -334,6 +334,12 @@ def run_chat(args) -> int:
         shown = ""
         options = dict(system=args.system, **generation_kwargs(args))
         try:
+            dropped = model.encode_prompt(line, history, image=image is not None, system=args.system,
+                                          max_new_tokens=options["max_new_tokens"]).dropped_turns
+            if dropped:
+                which = ("exchange no longer fits the context and is" if dropped == 1 else
+                         f"{dropped} exchanges no longer fit the context and are")
+                print(f"(the oldest {which} left out; 'clear' starts over)")
             for text in model.stream_chat(image, line, history, **options):
                 print(text[len(shown):], end="", flush=True)
                 shown = text

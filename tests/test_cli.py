@@ -98,6 +98,15 @@ def test_chat_on_a_piped_conversation(tiny_checkpoint, tmp_path):
     assert "(new image: 50x40; conversation cleared)" in lines
     assert "(conversation cleared)" in lines
     assert len([line for line in lines if not line.startswith(("(", "error"))]) >= 3
+    assert not any("no longer fit" in line for line in lines)
+
+    long = "Where is the dog and how many cats are there? " * 12  # some 100 tokens a question
+    out = cli("chat", "--checkpoint", str(tiny_checkpoint), "--image", str(picture),
+              "--max-new-tokens", "4", "--device", "cpu", stdin=f"{long}\n" * 6)
+    assert out.returncode == 0, out.stderr
+    notes = [line for line in out.stdout.splitlines() if "no longer fit" in line]
+    assert notes and notes[0] == "(the oldest exchange no longer fits the context and is left out; " \
+                                 "'clear' starts over)", out.stdout
 
 
 class CropAnswers:
@@ -114,6 +123,11 @@ class CropAnswers:
     def chat(self, image, query, history=(), **options):
         self.asked.append((image.size, query))
         return "[[250,250,750,750]]"
+
+    def encode_prompt(self, query, history=(), **options):
+        from cogvlm_lite.conversation import Encoded
+
+        return Encoded(input_ids=[], labels=[])  # all of it fits
 
     def reset(self):
         pass
