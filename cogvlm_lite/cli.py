@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .train_config import TrainConfig
+from .train_config import LARGEST_IMAGE, SMALLEST_IMAGE, TrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,7 +144,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                                       "objects: a fresh adapter pre-aligned, no LM training")
     p.add_argument("--data", required=True, help="scenes train.jsonl to pre-align on")
     p.add_argument("--eval-data", required=True, help="held-out scenes train.jsonl to probe on")
-    p.add_argument("--image-size", type=at_least(32), default=256)
+    p.add_argument("--image-size", type=at_least(SMALLEST_IMAGE, LARGEST_IMAGE), default=256)
     p.add_argument("--images", type=at_least(1), default=1500, help="training scenes used (the first N)")
     p.add_argument("--epochs", type=at_least(1), default=10)
     p.add_argument("--seed", type=int, default=0)
@@ -171,8 +171,8 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=at_least(1), default=256)
 
 
-def at_least(low: int):
-    """An argparse type: an integer no smaller than `low`."""
+def at_least(low: int, high: int | None = None):
+    """An argparse type: an integer no smaller than `low` (and, given `high`, no larger)."""
     def check(text: str) -> int:
         try:
             value = int(text)
@@ -180,6 +180,8 @@ def at_least(low: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {value}")
         return value
     return check
 

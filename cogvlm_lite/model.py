@@ -40,6 +40,7 @@ from .fastdecode import FORMATS, FastDecoder, onednn_bf16
 from .generation import GenerationConfig, decode_tokens
 from .grounding import check_regions, parse_groundings
 from .images import load_image
+from .train_config import LARGEST_IMAGE, SMALLEST_IMAGE
 from .vision import ImageEncoder, VisionConfig
 from .weights import default_lm_dir
 from .zoom import ask_on_region_crop, zoom_in
@@ -679,7 +680,8 @@ def check_config(config: ModelConfig) -> None:
         ("vision.model_name", vision.model_name, lambda v: isinstance(v, str) and timm.is_model(v),
          "the name of a timm model"),
         ("vision.weights", vision.weights, text_or_none, "a path or null"),
-        ("vision.image_size", vision.image_size, whole(32, 1536), "a whole number from 32 to 1536"),
+        ("vision.image_size", vision.image_size, whole(SMALLEST_IMAGE, LARGEST_IMAGE),
+         f"a whole number from {SMALLEST_IMAGE} to {LARGEST_IMAGE}"),
         ("adapter.downsample", adapter.downsample, flag, "true or false"),
         ("adapter.intermediate_size", adapter.intermediate_size, lambda v: v is None or whole(1)(v),
          "a whole number or null"),

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 SMALLEST_IMAGE = 32  # the image encoder's stride: the side of one feature cell
+LARGEST_IMAGE = 1536  # the largest image size a checkpoint may have
 
 
 @dataclass
@@ -62,6 +63,8 @@ class TrainConfig:
         if self.image_size is not None:
             smallest = 2 * SMALLEST_IMAGE if self.downsample else SMALLEST_IMAGE
             self._check_whole("image_size", smallest, " with --downsample" if self.downsample else "")
+            if self.image_size > LARGEST_IMAGE:
+                raise ValueError(f"--image-size must be at most {LARGEST_IMAGE}, got {self.image_size}")
         for name in ("lr", "adapter_lr", "clip"):
             if not self._finite(name) or getattr(self, name) <= 0:
                 raise ValueError(f"{flag(name)} must be a finite number above 0, got {getattr(self, name)!r}")

@@ -239,6 +239,8 @@ def test_chat_ctrl_c_at_the_prompt(tty, tmp_path, monkeypatch, capsys):
     (["shrink", "--rank", "0", "--out", "c"], "--rank: must be at least 1, got 0"),
     (["scenes", "--n", "2", "--out", "c", "--seed", "-1"], "--seed: must be at least 0, got -1"),
     (["probe", "--data", "a", "--eval-data", "b", "--epochs", "0"], "--epochs: must be at least 1"),
+    (["probe", "--data", "a", "--eval-data", "b", "--image-size", "4096"],
+     "--image-size: must be at most 1536, got 4096"),
     (["chat", "--max-new-tokens", "ten"], "--max-new-tokens: 'ten' is not a whole number"),
 ])
 def test_bad_numbers_are_refused_before_anything_runs(argv, message, capsys):

@@ -490,6 +490,7 @@ def test_a_second_ctrl_c_stops_at_once(scenes, tiny_checkpoint, tmp_path, monkey
     ({"rank": 0}, "--rank must be at least 1, got 0"),
     ({"image_size": 16}, "--image-size must be at least 32, got 16"),
     ({"image_size": 32, "downsample": True}, "--image-size must be at least 64 with --downsample"),
+    ({"image_size": 2048}, "--image-size must be at most 1536, got 2048"),  # its checkpoint would not load
 ])
 def test_bad_numbers_are_refused_naming_the_option(tmp_path, option, message):
     with pytest.raises(ValueError, match=re.escape(message)):
