@@ -336,7 +336,8 @@ def _done_ids(out: Path) -> set[str]:
     if not out.exists():
         return set()
     data = out.read_bytes()
-    lines = data.split(b"\n")
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0  # as some editors save
+    lines = data[bom:].split(b"\n")
     last = len(lines) - 1
     while last >= 0 and not lines[last].strip():
         last -= 1
@@ -347,7 +348,7 @@ def _done_ids(out: Path) -> set[str]:
         if record is not None:
             continue
         if lineno == last + 1 and problem.startswith(("not valid JSON", "not UTF-8")):
-            keep = sum(len(line) + 1 for line in lines[:last])
+            keep = bom + sum(len(line) + 1 for line in lines[:last])
             log.warning("%s: removing an incomplete last line (%d bytes) left by an interrupted "
                         "run", out, len(data) - keep)
             with open(out, "r+b") as f:

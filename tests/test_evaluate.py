@@ -1,5 +1,6 @@
 """Batch VQA and its scoring: exact metrics on hand-made answers, resumable runs, the CLI."""
 
+import codecs
 import json
 import logging
 import subprocess
@@ -339,11 +340,15 @@ def test_run_vqa_refuses_an_out_file_that_holds_no_predictions(vqa_data, tmp_pat
         run_vqa(vqa_data, tmp_path / "afile" / "p.jsonl", checkpoint=tmp_path / "no-such-checkpoint")
 
 
-def test_run_vqa_keeps_a_whole_last_line_without_its_newline(tiny_model, vqa_data, tmp_path):
+@pytest.mark.parametrize("bom", [b"", codecs.BOM_UTF8], ids=["plain", "with-bom"])
+def test_run_vqa_keeps_a_whole_last_line_without_its_newline(tiny_model, vqa_data, tmp_path, bom):
     out = tmp_path / "p.jsonl"
-    out.write_text('{"id": "q0", "prediction": "kept"}')
+    out.write_bytes(bom + b'{"id": "q0", "prediction": "kept"}')
     assert run_vqa(vqa_data, out, model=tiny_model, max_new_tokens=2)["answered"] == 3
-    assert lines(out)[0] == {"id": "q0", "prediction": "kept"}
+    assert read_predictions(out)[0] == {"id": "q0", "prediction": "kept"}
+    out.write_bytes(bom + b'{"id": "q0", "prediction": "kept"}\n{"id": "q1", "pred')  # a cut line
+    assert run_vqa(vqa_data, out, model=tiny_model, max_new_tokens=2)["answered"] == 3
+    assert out.read_bytes().startswith(bom + b'{"id": "q0", "prediction": "kept"}\n{"id": "q1", "prediction"')
 
 
 @pytest.mark.parametrize("damage", ["text", "folder"])
