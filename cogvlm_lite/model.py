@@ -525,10 +525,11 @@ def atomic_write(path: Path, write) -> None:
 @contextlib.contextmanager
 def exclusive(path: Path, busy: str) -> Iterator[None]:
     """Hold an advisory lock on `path`, an existing file or folder, for the block; ValueError
-    `busy` at once when another process holds it. Where there are no such locks, holds none."""
+    `busy` at once when another process holds it. Where there are no such locks (Windows, some
+    network file systems), holds none."""
     try:
         import fcntl
-    except ImportError:  # Windows
+    except ImportError:
         yield
         return
     fd = os.open(path, os.O_RDONLY)
@@ -537,6 +538,8 @@ def exclusive(path: Path, busy: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ValueError(busy) from None
+        except OSError as e:
+            log.debug("no lock on %s: %s", path, e)
         yield
     finally:
         os.close(fd)  # which releases the lock

@@ -382,14 +382,19 @@ def test_run_vqa_checks_every_question_before_answering_any(tiny_model, vqa_data
 
 
 def test_run_vqa_refuses_an_out_file_another_run_is_writing(tiny_model, vqa_data, tmp_path):
-    from cogvlm_lite.model import exclusive
-
     out = tmp_path / "p.jsonl"
     out.write_text('{"id": "q0", "prediction": "kept"}\n{"id": "q1", "predic')
     before = out.read_bytes()
-    with exclusive(out, "held"):  # as a run answering into it holds it
+    holder = "from cogvlm_lite.model import exclusive; import sys\nwith exclusive(sys.argv[1], 'held'):\n" \
+             "    print('held', flush=True); sys.stdin.read()"  # as a run answering into it holds it
+    other = subprocess.Popen([sys.executable, "-c", holder, str(out)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline() == "held\n"
         with pytest.raises(ValueError, match=r"another vqa run is writing .*p\.jsonl; wait for it"):
             run_vqa(vqa_data, out, model=tiny_model, max_new_tokens=2)
+    finally:
+        other.communicate("", timeout=30)
     assert out.read_bytes() == before  # its half-written last line is the other run's to finish
     assert run_vqa(vqa_data, out, model=tiny_model, max_new_tokens=2)["answered"] == 3
 
