@@ -45,18 +45,33 @@ class Encoded:
 
 
 def as_messages(history, query: str | None = None, system: str | None = None) -> list[Message]:
-    """History as (user, assistant) pairs or message dicts, plus the new query -> messages."""
+    """History as (user, assistant) pairs or message dicts, plus the new query -> messages.
+
+    Raises ValueError naming a query, system prompt or history item that is not text (or a pair
+    of texts, or a dict with "role" and "content")."""
+    if system is not None and not isinstance(system, str):
+        raise ValueError(f"the system prompt must be text, got {_shown(system)}")
+    if query is not None and not isinstance(query, str):
+        raise ValueError(f"the question must be text, got {_shown(query)}")
     messages: list[Message] = [{"role": "system", "content": system}] if system else []
-    for item in history or []:
-        if isinstance(item, dict):
+    for i, item in enumerate(history or []):
+        if isinstance(item, dict) and "role" in item and "content" in item:
             messages.append({"role": item["role"], "content": item["content"]})
+        elif (isinstance(item, (tuple, list)) and len(item) == 2
+              and all(isinstance(text, str) for text in item)):
+            messages += [{"role": "user", "content": item[0]},
+                         {"role": "assistant", "content": item[1]}]
         else:
-            user, assistant = item
-            messages += [{"role": "user", "content": user},
-                         {"role": "assistant", "content": assistant}]
+            raise ValueError(f"history item {i} must be a (question, answer) pair of texts or a "
+                             f"message dict with 'role' and 'content', got {_shown(item)}")
     if query is not None:
         messages.append({"role": "user", "content": query})
     return messages
+
+
+def _shown(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def typed_as_trained(question: str) -> str:
@@ -122,7 +137,8 @@ class ConversationBuilder:
                 raise ValueError(
                     f"the conversation is too long: the current message needs {length} tokens "
                     f"(the image included) plus {reserve} to answer, and the context holds "
-                    f"{self.max_length}. Shorten the message."
+                    f"{self.max_length}. Shorten the message"
+                    + (", or allow fewer new tokens for the answer." if reserve else ".")
                 )
             turns = turns[cut:]
             dropped += 1

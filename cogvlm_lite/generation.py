@@ -3,6 +3,8 @@ repetition penalty; and the decoding loop over a prefilled KV cache."""
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,12 +23,29 @@ class GenerationConfig:
     seed: int | None = None
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
-        if not 0 <= self.temperature < float("inf") or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ValueError("need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
-        if not 0 < self.repetition_penalty < float("inf"):
-            raise ValueError("repetition_penalty must be positive")
+        """Raise ValueError naming the first setting of the wrong type or out of range."""
+        for name, least in (("max_new_tokens", 1), ("top_k", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if name == "seed" and value is None:
+                continue
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a whole number{' or None' if name == 'seed' else ''}, "
+                                 f"got {value!r}")
+            if value < least:
+                raise ValueError(f"{name} must be at least {least}, got {value!r}")
+            setattr(self, name, int(value))
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            setattr(self, name, float(value))
+        if not 0 <= self.temperature < math.inf:
+            raise ValueError(f"temperature must be a finite number, at least 0, got {self.temperature:g}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be above 0 and at most 1, got {self.top_p:g}")
+        if not 0 < self.repetition_penalty < math.inf:
+            raise ValueError("repetition_penalty must be a finite number above 0, got "
+                             f"{self.repetition_penalty:g}")
 
 
 def pick_token(logits: torch.Tensor, config: GenerationConfig, previous: list[int],

@@ -279,7 +279,7 @@ class VisionLanguageModel(nn.Module):
         not do.
         """
         zoom = zoom and image is not None
-        about_region = zoom and bool(parse_groundings(query))
+        about_region = zoom and isinstance(query, str) and bool(parse_groundings(query))
         if about_region:
             check_regions(query)  # as `stream_chat` does, before the crop is asked instead
             answer = ask_on_region_crop(self, image, query, **kwargs)
@@ -317,6 +317,8 @@ class VisionLanguageModel(nn.Module):
                                    reserve=max_new_tokens)
 
     def _messages(self, query: str, history: Sequence, system: str | None, image: bool) -> list:
+        if query is None:
+            raise ValueError("the question must be text, got None")
         messages = as_messages(history, query, system or self.config.system_prompt)
         if image:
             check_regions(query)

@@ -468,7 +468,7 @@ def _prompt_tokens(model, req: ChatRequest) -> int:
         encoded = model.encode_prompt(req.query, req.history, image=image, system=req.system,
                                       max_new_tokens=req.generation["max_new_tokens"])
     except ValueError as e:
-        raise _bad(f"{e} (or lower max_tokens)", "messages", "context_length_exceeded") from e
+        raise _bad(str(e), "messages", "context_length_exceeded") from e
     return len(encoded.input_ids) + (model.adapter.num_tokens - 1 if image else 0)
 
 

@@ -1,5 +1,8 @@
 """The conversation builder: template, image placement, labels, truncation; and sampling."""
 
+import re
+
+import numpy as np
 import pytest
 import torch
 from tiny import tiny_tokenizer
@@ -122,8 +125,26 @@ def test_pick_token_rules():
     assert draws == {0, 1, 2, 3}
 
 
-def test_bad_generation_settings():
-    with pytest.raises(ValueError):
-        GenerationConfig(top_p=0)
-    with pytest.raises(ValueError):
-        GenerationConfig(max_new_tokens=0)
+@pytest.mark.parametrize("setting, message", [
+    ({"top_p": 0}, "top_p must be above 0 and at most 1, got 0"),
+    ({"top_p": 1.5}, "top_p must be above 0 and at most 1, got 1.5"),
+    ({"max_new_tokens": 0}, "max_new_tokens must be at least 1, got 0"),
+    ({"max_new_tokens": 4.5}, "max_new_tokens must be a whole number, got 4.5"),
+    ({"max_new_tokens": True}, "max_new_tokens must be a whole number, got True"),
+    ({"temperature": "0.5"}, "temperature must be a number, got '0.5'"),
+    ({"temperature": -1}, "temperature must be a finite number, at least 0, got -1"),
+    ({"temperature": float("nan")}, "temperature must be a finite number, at least 0, got nan"),
+    ({"top_k": 2.5}, "top_k must be a whole number, got 2.5"),
+    ({"top_k": -1}, "top_k must be at least 0, got -1"),
+    ({"seed": "x"}, "seed must be a whole number or None, got 'x'"),
+    ({"seed": -1}, "seed must be at least 0, got -1"),
+    ({"repetition_penalty": 0}, "repetition_penalty must be a finite number above 0, got 0"),
+])
+def test_bad_generation_settings_are_named(setting, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        GenerationConfig(**setting)
+
+
+def test_numpy_numbers_are_settings_too():
+    config = GenerationConfig(max_new_tokens=np.int64(8), temperature=np.float32(0.5), seed=np.int64(3))
+    assert config.max_new_tokens == 8 and config.seed == 3

@@ -1,6 +1,8 @@
 """The vision-language model: routing, gradients, expert initialisation, caching, checkpoints."""
 
+import functools
 import json
+import re
 
 import numpy as np
 import pytest
@@ -280,6 +282,26 @@ def test_a_region_off_the_grid_is_refused_before_answering(tiny_model):
         with pytest.raises(ValueError, match=r"\[\[2000,2000,3000,3000\]\] is not a region"):
             ask(image(), "What is in [[2000,2000,3000,3000]]?")
     assert isinstance(tiny_model.chat(None, "What is [[2000]]?", max_new_tokens=2), str)  # text only
+
+
+@pytest.mark.parametrize("call, message", [
+    ({"query": None}, "the question must be text, got None"),
+    ({"query": 5}, "the question must be text, got 5"),
+    ({"history": [("Hi",)]}, "history item 0 must be a (question, answer) pair of texts or a message "
+                             "dict with 'role' and 'content', got ('Hi',)"),
+    ({"history": ["Hi", "Hello"]}, "history item 0 must be a (question, answer) pair"),
+    ({"history": [("Hi", "Hello"), (None, "x")]}, "history item 1 must be a (question, answer) pair"),
+    ({"system": 5}, "the system prompt must be text, got 5"),
+    ({"temperature": "0.5"}, "temperature must be a number, got '0.5'"),
+    ({"max_new_tokens": 10**9}, "Shorten the message, or allow fewer new tokens for the answer."),
+])
+def test_the_python_api_names_what_is_wrong_with_a_call(tiny_model, call, message):
+    options = {"query": "What is this?", "history": [], "max_new_tokens": 2} | call
+    query, history = options.pop("query"), options.pop("history")
+    zoomed = functools.partial(tiny_model.chat, zoom=True)
+    for ask in (tiny_model.chat, zoomed, lambda *a, **k: list(tiny_model.stream_chat(*a, **k))):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            ask(image(), query, history, **options)
 
 
 def test_two_images_in_one_sequence_are_refused(tiny_model):
