@@ -15,6 +15,7 @@ model output: anything that cannot be read is skipped, never raised.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -300,12 +301,17 @@ def _draw_label(
     draw.text((x + pad - left, y + pad - top), text, fill=ink, font=font)
 
 
-def draw_groundings(image: Image.Image, text: str) -> Image.Image:
+def draw_groundings(image: Image.Image | str | os.PathLike | bytes, text: str) -> Image.Image:
     """Draw every box and point grounded in `text` on a new RGB copy of `image`.
 
-    Each group gets its own colour and a label with its phrase (no label when the phrase is
-    empty). The input image is left untouched.
+    `image` is a PIL image, or a path or the bytes of an image file, read as the model reads it
+    (`images.load_image`: upright by its EXIF orientation). Each group gets its own colour and a
+    label with its phrase (no label when the phrase is empty). The input image is left untouched.
     """
+    if not isinstance(image, Image.Image):
+        from .images import load_image
+
+        image = load_image(image)
     canvas = image.convert("RGB")  # always a new image, even from RGB
     width, height = canvas.size
     groundings = parse_groundings(text)

@@ -559,10 +559,13 @@ def pick_device(device: str | None = "auto") -> torch.device:
 
 def build_model(config: ModelConfig | None = None, *, device: str | None = "auto",
                 dtype: torch.dtype | None = None, seed: int = 0) -> VisionLanguageModel:
-    """The base models with a freshly initialised (untrained) adapter and visual experts."""
+    """The base models with a freshly initialised (untrained) adapter and visual experts.
+
+    Raises ValueError naming a setting of `config` of the wrong type or out of range."""
     from transformers import AutoTokenizer
 
     config = config or ModelConfig()
+    check_config(config)
     lm_dir = default_lm_dir() if config.language_model == "default" else Path(config.language_model)
     lm = Decoder.from_pretrained(lm_dir)
     tokenizer = AutoTokenizer.from_pretrained(lm_dir)

@@ -20,6 +20,7 @@ from cogvlm_lite.grounding import (
     to_grid,
     to_pixels,
 )
+from cogvlm_lite.images import ImageError
 
 
 @pytest.mark.parametrize("question", [
@@ -226,6 +227,18 @@ def test_draw_marks_box_edges_and_leaves_input_alone():
     assert out.getpixel((100, 89)) != grey  # bottom edge, last row inside y = 0.9 * 100
     assert out.getpixel((100, 65)) == grey  # inside the box, away from the label
     assert out.getpixel((20, 10)) != grey  # the point marker
+
+
+def test_draw_on_an_image_file_as_the_model_reads_it(tmp_path):
+    image = Image.new("RGB", (200, 100), (128, 128, 128))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored on its side: shown turned a quarter, 100 wide and 200 high
+    image.save(tmp_path / "side.jpg", exif=exif)
+    for source in (tmp_path / "side.jpg", str(tmp_path / "side.jpg"), (tmp_path / "side.jpg").read_bytes()):
+        out = draw_groundings(source, "a cat [[250,400,750,900]]")
+        assert out.size == (100, 200) and out.mode == "RGB"
+    with pytest.raises(ImageError, match="not found"):
+        draw_groundings(tmp_path / "nope.png", "a cat [[250,400,750,900]]")
 
 
 def test_draw_distinct_colours_per_group():

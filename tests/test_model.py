@@ -304,6 +304,14 @@ def test_the_python_api_names_what_is_wrong_with_a_call(tiny_model, call, messag
             ask(image(), query, history, **options)
 
 
+@pytest.mark.parametrize("size", [5000, 0, "256", 100.5])
+def test_an_image_size_no_checkpoint_can_have_is_refused_at_load(tiny_model, tmp_path, size):
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match=re.escape(f"vision.image_size should be a whole number from 32 "
+                                                   f"to 1536, not {size!r}")):
+        load_model(tmp_path / "ckpt", device="cpu", image_size=size)
+
+
 def test_two_images_in_one_sequence_are_refused(tiny_model):
     ids = torch.tensor([[5, IMAGE_TOKEN_ID, 6, IMAGE_TOKEN_ID]])
     with pytest.raises(ValueError, match="one image"):
