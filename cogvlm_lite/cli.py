@@ -283,6 +283,7 @@ def generation_kwargs(args) -> dict:
 
 
 def run_chat(args) -> int:
+    from .conversation import dropped_note
     from .generation import GenerationConfig
     from .images import ImageError, load_image
     from .model import load_model
@@ -339,9 +340,7 @@ def run_chat(args) -> int:
             dropped = model.encode_prompt(line, history, image=image is not None, system=args.system,
                                           max_new_tokens=options["max_new_tokens"]).dropped_turns
             if dropped:
-                which = ("exchange no longer fits the context and is" if dropped == 1 else
-                         f"{dropped} exchanges no longer fit the context and are")
-                print(f"(the oldest {which} left out; 'clear' starts over)")
+                print(f"({dropped_note(dropped)}; 'clear' starts over)")
             for text in model.stream_chat(image, line, history, **options):
                 print(text[len(shown):], end="", flush=True)
                 shown = text

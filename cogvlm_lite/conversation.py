@@ -69,6 +69,13 @@ def as_messages(history, query: str | None = None, system: str | None = None) ->
     return messages
 
 
+def dropped_note(dropped: int) -> str:
+    """What a chat says when the oldest `dropped` exchanges were left out to fit the context."""
+    if dropped == 1:
+        return "the oldest exchange no longer fits the context and was left out"
+    return f"the oldest {dropped} exchanges no longer fit the context and were left out"
+
+
 def _shown(value, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

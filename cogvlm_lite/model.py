@@ -302,28 +302,26 @@ class VisionLanguageModel(nn.Module):
         moved before it, capitals and the final punctuation typed where they are missing).
         """
         config = GenerationConfig(**generation)
-        messages = self._messages(query, history, system, image is not None)
+        ids = self.encode_prompt(query, history, image=image is not None, system=system,
+                                 max_new_tokens=config.max_new_tokens).input_ids
         with self._lock:
-            yield from self._stream(image, messages, config)
+            yield from self._stream(image, ids, config)
 
     def encode_prompt(self, query: str, history: Sequence = (), *, image: bool,
                       system: str | None = None, max_new_tokens: int = GenerationConfig.max_new_tokens):
-        """The prompt `stream_chat` would answer, encoded (`conversation.Encoded`), with room for
+        """The prompt `stream_chat` answers, encoded (`conversation.Encoded`) with room for
         `max_new_tokens`: its ids (the image as one) and `dropped_turns`, the oldest exchanges left
-        out to fit the context. ValueError when the question alone cannot fit, or, about an image,
-        when it names a region that is not one."""
-        messages = self._messages(query, history, system, image)
-        return self.builder.encode(messages, image_tokens=self.adapter.num_tokens if image else 0,
-                                   reserve=max_new_tokens)
-
-    def _messages(self, query: str, history: Sequence, system: str | None, image: bool) -> list:
+        out to fit the context. ValueError when the question alone cannot fit, when the question,
+        system prompt or history is not text, or, about an image, when the question names a
+        region that is not one."""
         if query is None:
             raise ValueError("the question must be text, got None")
         messages = as_messages(history, query, system or self.config.system_prompt)
         if image:
             check_regions(query)
             messages = map_questions(messages, typed_as_trained)
-        return messages
+        return self.builder.encode(messages, image_tokens=self.adapter.num_tokens if image else 0,
+                                   reserve=max_new_tokens)
 
     def _bf16_prefill(self, has_image: bool) -> bool:
         return (has_image and self.image_prefill_bf16 and self.device.type == "cpu"
@@ -343,7 +341,7 @@ class VisionLanguageModel(nn.Module):
             self._bf16_key = key
         return self._bf16_weights
 
-    def _stream(self, image, messages, config: GenerationConfig) -> Iterator[str]:
+    def _stream(self, image, ids: list[int], config: GenerationConfig) -> Iterator[str]:
         image_key, embeds = None, None
         with torch.no_grad():
             if image is not None:
@@ -355,8 +353,6 @@ class VisionLanguageModel(nn.Module):
                 else:
                     embeds = self.image_embeddings(pixels)
             n_image = self.adapter.num_tokens if image is not None else 0
-            ids = self.builder.encode(messages, image_tokens=n_image,
-                                      reserve=config.max_new_tokens).input_ids
             shared = self._shared_length(ids)
             cache, done = self._reuse(image_key, ids, shared)
             self._session = None  # until the prefill is whole: Ctrl-C may stop it midway

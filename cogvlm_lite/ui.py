@@ -21,6 +21,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
+from .conversation import dropped_note
 from .grounding import (
     check_regions,
     draw_groundings,
@@ -174,10 +175,8 @@ def context_note(model, image, question: str, history: list, max_new_tokens: int
         return ""
     if not dropped:
         return ""
-    which, it = ("exchange no longer fits", "it") if dropped == 1 else (
-        f"{dropped} exchanges no longer fit", "them")
-    return (f"*The oldest {which} the model's context ({model.config.max_length} tokens): this "
-            f"answer did not see {it}. Clear to start afresh.*")
+    note = dropped_note(dropped)
+    return f"*{note[0].upper()}{note[1:]} ({model.config.max_length} tokens); Clear starts over.*"
 
 
 def about_text(model, checkpoint: str) -> str:

@@ -105,7 +105,7 @@ def test_chat_on_a_piped_conversation(tiny_checkpoint, tmp_path):
               "--max-new-tokens", "4", "--device", "cpu", stdin=f"{long}\n" * 6)
     assert out.returncode == 0, out.stderr
     notes = [line for line in out.stdout.splitlines() if "no longer fit" in line]
-    assert notes and notes[0] == "(the oldest exchange no longer fits the context and is left out; " \
+    assert notes and notes[0] == "(the oldest exchange no longer fits the context and was left out; " \
                                  "'clear' starts over)", out.stdout
 
 
