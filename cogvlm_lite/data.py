@@ -40,9 +40,9 @@ class Sample:
 def read_conversations(path: str | Path, *, skip_bad: bool = False) -> list[Sample]:
     """Read our JSONL or LLaVA JSON/JSONL; a bad record is an error naming file and line."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"training data {path} not found")
-    text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is skipped
+    text = read_utf8(path)
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:
             records = [(i + 1, r) for i, r in enumerate(json.loads(text))]
@@ -78,6 +78,19 @@ def read_conversations(path: str | Path, *, skip_bad: bool = False) -> list[Samp
     if not samples:
         raise ValueError(f"{path} holds no usable conversations")
     return samples
+
+
+def read_utf8(path: Path) -> str:
+    """The text of a data file, a UTF-8 byte-order mark skipped; ValueError naming a folder, or
+    the first line that is not UTF-8."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the data file in it")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 text; save the file as UTF-8") from None
 
 
 def bad_record(source: str, problem: Exception) -> str:

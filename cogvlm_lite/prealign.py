@@ -27,11 +27,13 @@ NEGATIVES = 2048  # random other words in each step's softmax
 
 def read_objects(path: str | Path) -> dict[Path, list[dict]]:
     """Image path -> its objects (name, relative box), from a scenes training file."""
+    from .data import read_utf8
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path} not found; give a train.jsonl written by `cogvlm-lite scenes`")
     out: dict[Path, list[dict]] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+    for n, line in enumerate(read_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -39,9 +41,9 @@ def read_objects(path: str | Path) -> dict[Path, list[dict]]:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}, line {n}: not valid JSON ({e.msg} at column {e.colno}); "
                              "fix or delete that line") from None
-        if not isinstance(record, dict) or "objects" not in record:
-            raise ValueError(f"{path}, line {n}: no 'objects' field; pre-alignment needs object "
-                             "boxes as written by `cogvlm-lite scenes`")
+        if not isinstance(record, dict) or "objects" not in record or "image" not in record:
+            raise ValueError(f"{path}, line {n}: needs 'image' and 'objects' fields; pre-alignment "
+                             "needs object boxes as written by `cogvlm-lite scenes`")
         out[path.parent / record["image"]] = record["objects"]
     return out
 

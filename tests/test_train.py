@@ -196,6 +196,22 @@ def test_bad_lines_name_the_file_and_line(tmp_path, scenes):
         read_conversations(data)
 
 
+def test_data_files_that_are_folders_or_not_utf8_are_named(tmp_path, scenes):
+    from cogvlm_lite.prealign import read_objects
+
+    lines = (scenes / "train.jsonl").read_bytes().splitlines(keepends=True)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(lines[0] + lines[1].replace(b'"messages"', '"m\u00e9ssages"'.encode("latin-1")))
+    for read in (read_conversations, read_objects):
+        with pytest.raises(ValueError, match=r"latin.jsonl, line 2: not UTF-8 text; save the file as UTF-8"):
+            read(latin)
+        with pytest.raises(ValueError, match=r"is a folder; give the data file in it"):
+            read(scenes)
+    (tmp_path / "plain.jsonl").write_text(json.dumps({"objects": []}) + "\n")
+    with pytest.raises(ValueError, match=r"plain.jsonl, line 1: needs 'image' and 'objects' fields"):
+        read_objects(tmp_path / "plain.jsonl")
+
+
 def test_llava_format(tmp_path, scenes):
     (tmp_path / "images").symlink_to(scenes / "images")
     record = {"image": "images/000000.png", "conversations": [
