@@ -354,7 +354,7 @@ def make_scene(
     """Draw a random scene about `image_size` pixels wide and high.
 
     Width and height are each drawn from [0.75, 1.25] x `image_size`, the width then multiplied
-    by `aspect` (1.78 gives a 16:9 landscape picture, 0.56 a portrait one). The number of objects is
+    by `aspect` (1.78 gives landscape pictures, 16:9 on average; 0.56 portrait ones). The number of objects is
     drawn from the inclusive range `objects` (fewer when they do not fit), the background kind
     from `backgrounds`. Objects overlap at most a little (box IoU <= `MAX_IOU`, at least
     `MIN_VISIBLE` of each object's pixels uncovered); each box is the tight box of the object's

@@ -96,7 +96,8 @@ class Trainer:
                              f"--grad-accum ({self.world} x {cfg.grad_accum})")
         if cfg.init_from:
             self._check_expert_options()
-        if cfg.resume and (self.out / STATE_NAME).is_file():
+        resuming = cfg.resume and (self.out / STATE_NAME).is_file()
+        if resuming:
             self._check_steps_left()
         self._check_run_dir()
         torch.manual_seed(cfg.seed)
@@ -119,17 +120,23 @@ class Trainer:
         self.data = ConversationData(samples, model.builder, model.adapter.num_tokens)
         if cfg.eval_data:
             self._check_eval_data()
+        if resuming:
+            self._check_resumed_config()
+        objects = None
+        if cfg.prealign_epochs and not resuming:
+            from .prealign import prealign, read_objects
+
+            if not (cfg.cache_features and self.data.images):
+                raise ValueError("--prealign-epochs needs cached encoder features of images; drop "
+                                 "--no-cache-features" if self.data.images else
+                                 "--prealign-epochs needs images: this data has none")
+            objects = read_objects(cfg.data)
         self._prepare_run_dir()  # everything checked: only now is anything written
         self.features = None
         if cfg.cache_features and self.data.images:
             self.features = encode_images(model, self.data.images, progress=self.main)
-        if cfg.prealign_epochs and not (cfg.resume and (self.out / STATE_NAME).is_file()):
-            if self.features is None:
-                raise ValueError("--prealign-epochs needs cached encoder features; drop "
-                                 "--no-cache-features")
-            from .prealign import prealign, read_objects
-
-            prealign(model, read_objects(cfg.data), self.data.images, self.features, cfg.prealign_epochs,
+        if objects is not None:
+            prealign(model, objects, self.data.images, self.features, cfg.prealign_epochs,
                      lr=cfg.adapter_lr, seed=cfg.seed)
         pays = bf16_pays(self.device)
         bf16 = pays if cfg.bf16 is None else cfg.bf16
@@ -158,7 +165,7 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 model, broadcast_buffers=False,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if cfg.resume and (self.out / STATE_NAME).is_file():
+        if resuming:
             self._load_state()
         elif cfg.resume:
             log.warning("no %s in %s yet: nothing to resume, starting at step 0", STATE_NAME,
@@ -298,12 +305,14 @@ class Trainer:
             raise ValueError(f"{path} is damaged and cannot be read ({type(e).__name__}); start over "
                              "with --force") from e
 
+    def _check_resumed_config(self) -> None:
+        """Refuse, before anything is written, to resume a run saved with another model."""
+        if self._read_state(mmap=True)["model_config"] != self.model.config.to_dict():
+            raise ValueError(f"{self.out / STATE_NAME} was saved with another model configuration; "
+                             "resume with the same options or start over with --force")
+
     def _load_state(self) -> None:
-        path = self.out / STATE_NAME
         state = self._read_state()
-        if state["model_config"] != self.model.config.to_dict():
-            raise ValueError(f"{path} was saved with another model configuration; resume with "
-                             "the same options or start over with --force")
         self.model.load_state_dict(state["model"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -676,3 +676,24 @@ def test_a_run_folder_another_run_is_writing_is_refused_untouched(scenes, tiny_c
                 train(small_run(scenes, tiny_checkpoint, run, **options))
         assert {p.name: p.read_bytes() for p in run.iterdir()} == saved
     assert train(small_run(scenes, tiny_checkpoint, run, resume=True, steps=5))["step"] == 5
+
+
+def test_what_only_the_model_or_data_can_tell_is_checked_before_the_run_folder_is_touched(
+        scenes, tiny_checkpoint, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="--prealign-epochs needs cached encoder features"):
+        train(small_run(scenes, tiny_checkpoint, run, prealign_epochs=1, cache_features=False))
+    llava = tmp_path / "llava.json"  # conversations, but no object boxes to pre-align on
+    (tmp_path / "images").symlink_to(scenes / "images")
+    first = json.loads((scenes / "train.jsonl").read_text().splitlines()[0])
+    llava.write_text(json.dumps([{"image": first["image"], "conversations": [
+        {"from": "human", "value": "<image>\nWhat is here?"}, {"from": "gpt", "value": "A dog."}]}]))
+    with pytest.raises(ValueError, match="needs 'image' and 'objects' fields"):
+        train(small_run(scenes, tiny_checkpoint, run, data=str(llava), prealign_epochs=1))
+    assert not run.exists()
+
+    train(small_run(scenes, tiny_checkpoint, run))
+    saved = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(ValueError, match="saved with another model configuration"):
+        train(small_run(scenes, tiny_checkpoint, run, resume=True, steps=5, image_size=128))
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == saved  # train_config.json too
