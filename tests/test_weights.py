@@ -45,6 +45,18 @@ def test_other_timm_model_needs_a_weights_file():
         ImageEncoder(VisionConfig(model_name="resnet18"))
 
 
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
+def test_a_backbone_without_a_feature_map_is_refused_by_name(tmp_path, name):
+    import timm
+    from safetensors.torch import save_file
+
+    path = tmp_path / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model(name).state_dict().items()}, path)
+    with pytest.raises(ValueError, match=rf"timm's {name!r} gives features of shape .* not a feature "
+                                         r"map \(batch, channels, height, width\); use a convolutional"):
+        ImageEncoder(VisionConfig(model_name=name, weights=str(path), image_size=224))
+
+
 def test_random_local_encoder_weights_load(tiny_encoder_file):
     encoder = ImageEncoder(VisionConfig(weights=str(tiny_encoder_file), image_size=64))
     assert encoder.grid == (2, 2) and encoder.channels == 1280
