@@ -37,7 +37,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
 from cogvlm_lite.conversation import map_questions
 from cogvlm_lite.evaluate import TASK_TYPES
-from cogvlm_lite.grounding import Box, iou
+from cogvlm_lite.grounding import Box, iou, to_grid
 from cogvlm_lite.objects import ObjectClass, vocabulary
 from cogvlm_lite.questions import (
     TYPINGS,
@@ -448,7 +448,11 @@ def _scene_map(workers: int):
 
 
 def _rounded(box: Box) -> list[float]:
-    return [round(float(v), 4) for v in box]
+    """The box to 6 decimals, a coordinate in full where rounding would move it on the grid.
+
+    The objects' boxes of ``train.jsonl`` then give every answer made from them (`with_extras`)
+    the very box the scene's other answers give."""
+    return [r if to_grid(r := round(float(v), 6)) == to_grid(v) else float(v) for v in box]
 
 
 class _AtomicLines:
