@@ -33,6 +33,7 @@ import math
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -216,9 +217,10 @@ def parse_request(body: Any, max_context: int) -> ChatRequest:
             turns[-1][1] += "\n" + text
         else:
             turns.append([role, text])
-    if not turns or turns[0][0] != "user":
-        raise _bad("the conversation must start with a user message (after any system messages)",
-                   "messages")
+    if turns and turns[0][0] == "assistant":
+        del turns[0]  # a greeting before the first question, as chat apps open with: left out
+    if not turns:
+        raise _bad("the conversation has no user message: send the question as one", "messages")
     if turns[-1][0] != "user":
         raise _bad("the last message must be a user message: it is the one answered", "messages")
     if len(image_refs) > 1:
@@ -337,17 +339,24 @@ def create_app(model, api_key: str | None = None, model_name: str = MODEL_NAME, 
         if waiting >= max_waiting:
             raise APIError(429, f"the server is busy: {waiting} requests are waiting for the model; "
                                 "retry in a little while", code="server_busy", kind="server_error")
+        waiting += 1  # from here on, with no pause between: a burst cannot pass the check at once
+        admitted = True
+
+        def leave() -> None:
+            """This request waits no more: it holds the model, or it is gone."""
+            nonlocal waiting, admitted
+            if admitted:
+                admitted, waiting = False, waiting - 1
+
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         stamp = int(time.time())
 
         async def answers() -> AsyncIterator[tuple[str, str | None]]:
             """(text so far, finish reason or None), holding the model for the whole answer."""
-            nonlocal waiting
-            waiting += 1
             try:
                 await lock.acquire()
             finally:
-                waiting -= 1
+                leave()
             try:
                 text = ""
                 async with aclosing(_generate(model, req)) as texts:
@@ -384,6 +393,8 @@ def create_app(model, api_key: str | None = None, model_name: str = MODEL_NAME, 
                 log.exception("generation failed")
                 raise APIError(500, f"generation failed ({type(e).__name__}: {e}); the server log has "
                                     "the details", code="generation_failed", kind="server_error") from e
+            finally:
+                leave()  # also when the client left before the answer began
             return {"id": completion_id, "object": "chat.completion", "created": stamp,
                     "model": model_name, "system_fingerprint": None,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -423,7 +434,9 @@ def create_app(model, api_key: str | None = None, model_name: str = MODEL_NAME, 
                             "usage": usage(sent)})
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream",
+        stream = events()
+        weakref.finalize(stream, leave)  # a stream the client left before it began is never run
+        return StreamingResponse(stream, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app

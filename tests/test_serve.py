@@ -248,6 +248,51 @@ def test_requests_at_once_are_answered_one_after_another(client):
     assert all(r.choices[0].message.content for r in replies.values())
 
 
+def test_a_burst_of_requests_past_the_waiting_limit_gets_429(model):
+    slow = Recording(model.model)
+    slow.delay = 1.0  # each answer holds the model a second
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(slow, max_waiting=2), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1/chat/completions"
+    statuses = []
+
+    def ask(stream):
+        body = {"messages": [user("Hi")], "max_tokens": 2, "stream": stream}
+        with httpx.stream("POST", url, json=body, timeout=60) as response:
+            response.read()
+            statuses.append((response.status_code, response.text))
+
+    try:
+        threads = [threading.Thread(target=ask, args=(i % 2 == 0,)) for i in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+    answered = [text for status, text in statuses if status == 200]
+    busy = [text for status, text in statuses if status == 429]
+    assert len(statuses) == 10 and 2 <= len(answered) <= 3, [s for s, _ in statuses]  # one runs, two wait
+    assert all("the server is busy" in text for text in busy)
+
+
+def test_a_greeting_before_the_first_question_is_left_out(client, model):
+    start = len(model.calls)
+    reply = client.chat.completions.create(model="cogvlm-lite", messages=[
+        {"role": "system", "content": "Be brief."},
+        {"role": "assistant", "content": "How can I help you?"},  # as chat apps open
+        {"role": "user", "content": "Hi"}], **SAMPLING)
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert model.calls[start]["history"] == [] and model.calls[start]["query"] == "Hi"
+
+
 def test_client_that_leaves_mid_stream_frees_the_model(http, client):
     body = {"messages": [{"role": "user", "content": "Tell me a story."}], "stream": True,
             "temperature": 1.0, "seed": 1, "max_tokens": 400}
