@@ -291,11 +291,14 @@ class VisionLanguageModel(nn.Module):
         return zoom_in(self, image, query, reply, **kwargs) if zoom and not about_region else reply
 
     def stream_chat(self, image, query: str, history: Sequence = (), *,
-                    system: str | None = None, **generation) -> Iterator[str]:
+                    system: str | None = None, usage: dict | None = None,
+                    **generation) -> Iterator[str]:
         """Yield the reply as it grows. `history`: (user, assistant) pairs or message dicts.
 
         Keyword arguments are `GenerationConfig` fields (temperature, top_p, top_k,
-        repetition_penalty, max_new_tokens, seed). The KV cache of the image and the earlier
+        repetition_penalty, max_new_tokens, seed). A `usage` dict gets, once the reply ends (or
+        the caller stops it), ``completion_tokens``, the tokens generated, and ``finish_reason``:
+        "length" where `max_new_tokens` cut the reply, else "stop". The KV cache of the image and the earlier
         turns is kept and reused while the next turn extends the same conversation. With an
         image, questions are read as typed in training (`conversation.typed_as_trained`: without
         surrounding spaces, runs of spaces made one, a region typed after the final punctuation
@@ -305,7 +308,7 @@ class VisionLanguageModel(nn.Module):
         ids = self.encode_prompt(query, history, image=image is not None, system=system,
                                  max_new_tokens=config.max_new_tokens).input_ids
         with self._lock:
-            yield from self._stream(image, ids, config)
+            yield from self._stream(image, ids, config, {} if usage is None else usage)
 
     def encode_prompt(self, query: str, history: Sequence = (), *, image: bool,
                       system: str | None = None, max_new_tokens: int = GenerationConfig.max_new_tokens):
@@ -341,7 +344,7 @@ class VisionLanguageModel(nn.Module):
             self._bf16_key = key
         return self._bf16_weights
 
-    def _stream(self, image, ids: list[int], config: GenerationConfig) -> Iterator[str]:
+    def _stream(self, image, ids: list[int], config: GenerationConfig, usage: dict) -> Iterator[str]:
         image_key, embeds = None, None
         with torch.no_grad():
             if image is not None:
@@ -389,6 +392,8 @@ class VisionLanguageModel(nn.Module):
             # Also when the caller stops early: the cache holds at least the prompt and every
             # generated token but the newest.
             session["ids"] = ids + generated[:-1]
+            usage["completion_tokens"] = len(generated)
+            usage["finish_reason"] = "length" if len(generated) >= config.max_new_tokens else "stop"
 
     def reset(self) -> None:
         """Forget the cached conversation."""

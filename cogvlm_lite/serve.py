@@ -351,6 +351,9 @@ def create_app(model, api_key: str | None = None, model_name: str = MODEL_NAME, 
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         stamp = int(time.time())
 
+        generated: dict = {}  # the model's own count: "completion_tokens", "finish_reason"
+        cut: dict = {}  # "completion_tokens" up to a stop sequence that ended the answer
+
         async def answers() -> AsyncIterator[tuple[str, str | None]]:
             """(text so far, finish reason or None), holding the model for the whole answer."""
             try:
@@ -359,20 +362,20 @@ def create_app(model, api_key: str | None = None, model_name: str = MODEL_NAME, 
                 leave()
             try:
                 text = ""
-                async with aclosing(_generate(model, req)) as texts:
+                async with aclosing(_generate(model, req, generated)) as texts:
                     async for text in texts:
                         text, stopped = cut_at_stop(text, req.stop)
                         if stopped:
+                            cut["completion_tokens"] = _count(model, text)
                             yield text, "stop"
                             return
                         yield text, None
-                tokens = _count(model, text, req.generation["max_new_tokens"])
-                yield text, "length" if tokens >= req.generation["max_new_tokens"] else "stop"
+                yield text, generated["finish_reason"]
             finally:
                 lock.release()
 
-        def usage(text: str) -> dict:
-            completion = _count(model, text, req.generation["max_new_tokens"])
+        def usage() -> dict:
+            completion = (cut or generated).get("completion_tokens", 0)  # 0: failed before a token
             return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                     "total_tokens": prompt_tokens + completion}
 
@@ -399,7 +402,7 @@ def create_app(model, api_key: str | None = None, model_name: str = MODEL_NAME, 
                     "model": model_name, "system_fingerprint": None,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                  "logprobs": None, "finish_reason": finish}],
-                    "usage": usage(text)}
+                    "usage": usage()}
 
         hold = max((len(s) for s in req.stop), default=1) - 1  # may be the start of a stop sequence
 
@@ -431,7 +434,7 @@ def create_app(model, api_key: str | None = None, model_name: str = MODEL_NAME, 
             if req.include_usage:
                 yield _sse({"id": completion_id, "object": "chat.completion.chunk", "created": stamp,
                             "model": model_name, "system_fingerprint": None, "choices": [],
-                            "usage": usage(sent)})
+                            "usage": usage()})
             yield "data: [DONE]\n\n"
 
         stream = events()
@@ -485,9 +488,9 @@ def _prompt_tokens(model, req: ChatRequest) -> int:
     return len(encoded.input_ids) + (model.adapter.num_tokens - 1 if image else 0)
 
 
-def _count(model, text: str, limit: int) -> int:
-    """Tokens in an answer, as the tokenizer encodes it; at most `limit`, the tokens generated."""
-    return min(limit, len(model.tokenizer(text, add_special_tokens=False)["input_ids"])) if text else 0
+def _count(model, text: str) -> int:
+    """Tokens in a text, as the tokenizer encodes it."""
+    return len(model.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
 
 
 async def _unless_disconnected(request: Request, work) -> None:
@@ -510,8 +513,9 @@ def _sse(data: dict) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def _generate(model, req: ChatRequest) -> AsyncIterator[str]:
-    """The growing answer, generated in a worker thread so the event loop stays free.
+async def _generate(model, req: ChatRequest, usage: dict) -> AsyncIterator[str]:
+    """The growing answer, generated in a worker thread so the event loop stays free; `usage`
+    gets the model's count of the answer's tokens and its finish reason (`stream_chat`).
 
     Leaving the loop early (a stop sequence, a client that went away) stops the generation at
     the next token, or zoom at the next look.
@@ -528,7 +532,7 @@ async def _generate(model, req: ChatRequest) -> AsyncIterator[str]:
 
     def work() -> None:
         stream = model.stream_chat(req.image, req.query, req.history, system=req.system,
-                                   **req.generation)
+                                   usage=usage, **req.generation)
         try:
             text = ""
             for text in stream:

@@ -312,6 +312,23 @@ def test_an_image_size_no_checkpoint_can_have_is_refused_at_load(tiny_model, tmp
         load_model(tmp_path / "ckpt", device="cpu", image_size=size)
 
 
+def test_usage_counts_the_tokens_generated_and_why_the_reply_ended(tiny_model, monkeypatch):
+    import cogvlm_lite.model as model_module
+
+    accent = tiny_model.tokenizer("é", add_special_tokens=False)["input_ids"]
+    assert len(accent) == 2  # one byte a token: the first alone is half a character
+    stop = next(iter(tiny_model.stop_ids))
+    for tokens, limit, expected in (
+            (accent[:1], 1, {"completion_tokens": 1, "finish_reason": "length"}),  # cut mid-character
+            ([*accent, stop], 5, {"completion_tokens": 2, "finish_reason": "stop"}),
+            (accent, 2, {"completion_tokens": 2, "finish_reason": "length"})):
+        monkeypatch.setattr(model_module, "decode_tokens", lambda *a, tokens=tokens, **k: iter(tokens))
+        usage = {}
+        texts = list(tiny_model.stream_chat(None, "Hi", max_new_tokens=limit, usage=usage))
+        assert usage == expected, tokens
+        assert texts == ([] if limit == 1 else ["é"])
+
+
 def test_two_images_in_one_sequence_are_refused(tiny_model):
     ids = torch.tensor([[5, IMAGE_TOKEN_ID, 6, IMAGE_TOKEN_ID]])
     with pytest.raises(ValueError, match="one image"):

@@ -55,25 +55,28 @@ class Recording:
     def __getattr__(self, name):
         return getattr(self.model, name)
 
-    def stream_chat(self, image, query, history=(), **options):
+    def stream_chat(self, image, query, history=(), usage=None, **options):
         self.calls.append(dict(image=image, query=query, history=list(history), **options))
         time.sleep(self.delay)
         if "explode" in query:
             return self._explode()
         if "tiny frog" in query:  # on any image, the crop a zoom asks about too
-            return self._say(f"There {format_box(SMALL_BOX)}.")
+            return self._say(f"There {format_box(SMALL_BOX)}.", usage)
         if "little thing" in query:  # named right only on a crop, where it looks bigger
-            return self._say("A frog." if image.size != (400, 300) else "A leaf.")
+            return self._say("A frog." if image.size != (400, 300) else "A leaf.", usage)
         if "the pond" in query:  # four small things, each checked and looked at twice by zoom
-            return self._say(POND)
-        return self.model.stream_chat(image, query, history, **options)
+            return self._say(POND, usage)
+        return self.model.stream_chat(image, query, history, usage=usage, **options)
 
     def chat(self, image, query, history=(), **options):
         texts = list(self.stream_chat(image, query, history, **options))
         return texts[-1] if texts else ""
 
-    @staticmethod
-    def _say(text):
+    def _say(self, text, usage=None):
+        """`text` as one piece, counted as `stream_chat` counts a reply that ended by itself."""
+        if usage is not None:
+            usage.update(completion_tokens=len(self.model.tokenizer(text)["input_ids"]),
+                         finish_reason="stop")
         yield text
 
     @staticmethod
@@ -229,6 +232,24 @@ def test_stop_sequences(client):
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == expected
     assert cut_at_stop("abcENDdef", ["xyz", "END", "d"]) == ("abc", True)
     assert cut_at_stop("abc", ["END"]) == ("abc", False)
+
+
+def test_finish_reason_and_usage_are_the_models_own_count(client, model, monkeypatch):
+    import cogvlm_lite.model as model_module
+
+    half = model.tokenizer("é", add_special_tokens=False)["input_ids"][:1]  # half a character
+    monkeypatch.setattr(model_module, "decode_tokens", lambda *a, **k: iter(half))
+    for stream in (False, True):
+        reply = client.chat.completions.create(model="cogvlm-lite", messages=[user("Hi")], max_tokens=1,
+                                               stream=stream, stream_options={"include_usage": True}
+                                               if stream else None)
+        if stream:
+            chunks = list(reply)
+            finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+            usage = chunks[-1].usage
+        else:
+            finish, usage = reply.choices[0].finish_reason, reply.usage
+        assert finish == "length" and usage.completion_tokens == 1  # cut, though no text came out
 
 
 def test_requests_at_once_are_answered_one_after_another(client):
