@@ -258,12 +258,14 @@ def parse_request(body: Any, max_context: int) -> ChatRequest:
     max_tokens = _number(body, name, DEFAULT_MAX_TOKENS, 1, max_context, integer=True)
     generation = {
         "temperature": float(_number(body, "temperature", 0.0, 0.0, 2.0)),
-        "top_p": float(_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True)),
+        "top_p": float(_number(body, "top_p", 1.0, 0.0, 1.0)),
         "top_k": _number(body, "top_k", 0, 0, 1_000_000, integer=True),
         "repetition_penalty": float(_number(body, "repetition_penalty", 1.0, 0.0, 10.0, low_open=True)),
         "max_new_tokens": max_tokens,
         "seed": _number(body, "seed", None, 0, 2**63 - 1, integer=True),
     }
+    if generation["top_p"] == 0:  # as OpenAI reads it: only the most likely token, greedy
+        generation.update(temperature=0.0, top_p=1.0)
     history = [(turns[k][1], turns[k + 1][1]) for k in range(0, len(turns) - 1, 2)]
     return ChatRequest(query=turns[-1][1], history=history, system="\n\n".join(systems) or None,
                        image=image, generation=generation, stop=stop, stream=stream,
@@ -301,7 +303,8 @@ def create_app(model, api_key: str | None = None, model_name: str = MODEL_NAME, 
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+        headers = {401: {"WWW-Authenticate": "Bearer"},
+                   429: {"Retry-After": "1"}}.get(e.status)  # OpenAI's clients retry after it
         return e.response(headers)
 
     @app.exception_handler(StarletteHTTPException)

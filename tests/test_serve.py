@@ -160,6 +160,13 @@ def test_chat_with_image_maps_system_history_and_image(client, model):
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
+def test_top_p_zero_means_the_most_likely_token(client, model):
+    client.chat.completions.create(model="cogvlm-lite", messages=[user("Hi")], top_p=0, temperature=1,
+                                   max_tokens=4)
+    call = model.calls[-1]
+    assert (call["temperature"], call["top_p"]) == (0.0, 1.0)  # greedy, as OpenAI reads top_p 0
+
+
 def test_streaming_matches_non_streaming(client, http):
     messages = [user("Describe the image.", data_url(png_bytes(colour=(20, 90, 200))))]
     full = client.chat.completions.create(model="cogvlm-lite", messages=messages, **SAMPLING)
@@ -286,7 +293,7 @@ def test_a_burst_of_requests_past_the_waiting_limit_gets_429(model):
         body = {"messages": [user("Hi")], "max_tokens": 2, "stream": stream}
         with httpx.stream("POST", url, json=body, timeout=60) as response:
             response.read()
-            statuses.append((response.status_code, response.text))
+            statuses.append((response.status_code, response.text, response.headers.get("retry-after")))
 
     try:
         threads = [threading.Thread(target=ask, args=(i % 2 == 0,)) for i in range(10)]
@@ -298,10 +305,10 @@ def test_a_burst_of_requests_past_the_waiting_limit_gets_429(model):
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
-    answered = [text for status, text in statuses if status == 200]
-    busy = [text for status, text in statuses if status == 429]
-    assert len(statuses) == 10 and 2 <= len(answered) <= 3, [s for s, _ in statuses]  # one runs, two wait
-    assert all("the server is busy" in text for text in busy)
+    answered = [text for status, text, _ in statuses if status == 200]
+    busy = [(text, retry) for status, text, retry in statuses if status == 429]
+    assert len(statuses) == 10 and 2 <= len(answered) <= 3, [s for s, *_ in statuses]  # one runs, two wait
+    assert all("the server is busy" in text and retry == "1" for text, retry in busy)
 
 
 def test_a_greeting_before_the_first_question_is_left_out(client, model):
