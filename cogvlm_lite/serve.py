@@ -304,7 +304,7 @@ def create_app(model, api_key: str | None = None, model_name: str = MODEL_NAME, 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError) -> JSONResponse:
         headers = {401: {"WWW-Authenticate": "Bearer"},
-                   429: {"Retry-After": "1"}}.get(e.status)  # OpenAI's clients retry after it
+                   429: {"Retry-After": "1"}}.get(e.status)  # when OpenAI's clients retry
         return e.response(headers)
 
     @app.exception_handler(StarletteHTTPException)
