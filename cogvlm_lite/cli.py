@@ -336,15 +336,14 @@ def run_chat(args) -> int:
             continue
         shown = ""
         options = dict(system=args.system, **generation_kwargs(args))
+        usage: dict = {}
         try:
-            dropped = model.encode_prompt(line, history, image=image is not None, system=args.system,
-                                          max_new_tokens=options["max_new_tokens"]).dropped_turns
-            if dropped:
-                print(f"({dropped_note(dropped)}; 'clear' starts over)")
-            for text in model.stream_chat(image, line, history, **options):
+            for text in model.stream_chat(image, line, history, usage=usage, **options):
                 print(text[len(shown):], end="", flush=True)
                 shown = text
             print()
+            if usage.get("dropped_turns"):
+                print(f"({dropped_note(usage['dropped_turns'])}; 'clear' starts over)")
             if args.zoom and image is not None:
                 try:
                     zoomed = zoom_in(model, image, line, shown, **options)

@@ -296,19 +296,23 @@ class VisionLanguageModel(nn.Module):
         """Yield the reply as it grows. `history`: (user, assistant) pairs or message dicts.
 
         Keyword arguments are `GenerationConfig` fields (temperature, top_p, top_k,
-        repetition_penalty, max_new_tokens, seed). A `usage` dict gets, once the reply ends (or
-        the caller stops it), ``completion_tokens``, the tokens generated, and ``finish_reason``:
-        "length" where `max_new_tokens` cut the reply, else "stop". The KV cache of the image and the earlier
-        turns is kept and reused while the next turn extends the same conversation. With an
+        repetition_penalty, max_new_tokens, seed). A `usage` dict gets ``dropped_turns``, the
+        oldest exchanges left out to fit the context, before the first piece of the reply; and,
+        once the reply ends (or the caller stops it), ``completion_tokens``, the tokens generated,
+        and ``finish_reason``: "length" where `max_new_tokens` cut the reply, else "stop".
+        The KV cache of the image and the earlier turns is kept and reused while the next turn
+        extends the same conversation. With an
         image, questions are read as typed in training (`conversation.typed_as_trained`: without
         surrounding spaces, runs of spaces made one, a region typed after the final punctuation
         moved before it, capitals and the final punctuation typed where they are missing).
         """
         config = GenerationConfig(**generation)
-        ids = self.encode_prompt(query, history, image=image is not None, system=system,
-                                 max_new_tokens=config.max_new_tokens).input_ids
+        usage = {} if usage is None else usage
+        encoded = self.encode_prompt(query, history, image=image is not None, system=system,
+                                     max_new_tokens=config.max_new_tokens)
+        usage["dropped_turns"] = encoded.dropped_turns
         with self._lock:
-            yield from self._stream(image, ids, config, {} if usage is None else usage)
+            yield from self._stream(image, encoded.input_ids, config, usage)
 
     def encode_prompt(self, query: str, history: Sequence = (), *, image: bool,
                       system: str | None = None, max_new_tokens: int = GenerationConfig.max_new_tokens):

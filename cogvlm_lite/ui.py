@@ -166,13 +166,8 @@ def looking_note(looks: int) -> str:
     return f"*Looking again on crops ({done}); Stop keeps the answer as it is.*"
 
 
-def context_note(model, image, question: str, history: list, max_new_tokens: int) -> str:
-    """The line under the chat when the oldest exchanges no longer fit the model's context."""
-    try:
-        dropped = model.encode_prompt(question, history, image=image is not None,
-                                      max_new_tokens=max_new_tokens).dropped_turns
-    except ValueError:  # the question alone does not fit: the answer says so
-        return ""
+def context_note(model, dropped: int) -> str:
+    """The line under the chat when the oldest `dropped` exchanges no longer fit the context."""
     if not dropped:
         return ""
     note = dropped_note(dropped)
@@ -202,7 +197,7 @@ def about_text(model, checkpoint: str) -> str:
 
 def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     """The chat UI around `model` (a `VisionLanguageModel`, or anything with its `stream_chat`,
-    `chat`, `encode_prompt`, `config`, `decode` and `parameter_counts`).
+    `chat`, `config`, `decode` and `parameter_counts`).
 
     `checkpoint` is how the About line names the loaded checkpoint. Launch it with `launch_ui`.
     """
@@ -314,8 +309,9 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
         completed = False
         options = dict(temperature=float(temperature), top_p=float(top_p),
                        max_new_tokens=int(max_new_tokens))
-        note = context_note(model, session.image, question, session.history, options["max_new_tokens"])
-        stream = model.stream_chat(session.image, question, list(session.history), **options)
+        usage: dict = {}
+        stream = model.stream_chat(session.image, question, list(session.history), usage=usage,
+                                   **options)
         try:
             if not stopped():  # Stop may come before the model is free
                 for text in stream:
@@ -358,6 +354,7 @@ def build_ui(model, checkpoint: str = "none given", *, queue_size: int = QUEUE_S
         if session.closed:  # the last output is also the final one: it must not bring the chat back
             yield gr.skip(), gr.skip(), gr.skip()
         else:
+            note = context_note(model, usage.get("dropped_turns", 0))
             yield chat_messages(session.history), view_for(text), note
 
     def _fail(session: Session, messages: list[dict], text: str, message: str):

@@ -124,11 +124,6 @@ class CropAnswers:
         self.asked.append((image.size, query))
         return "[[250,250,750,750]]"
 
-    def encode_prompt(self, query, history=(), **options):
-        from cogvlm_lite.conversation import Encoded
-
-        return Encoded(input_ids=[], labels=[])  # all of it fits
-
     def reset(self):
         pass
 

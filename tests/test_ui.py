@@ -27,6 +27,7 @@ from playwright.sync_api import expect, sync_playwright
 from tiny import tiny_config
 
 from cogvlm_lite import build_model
+from cogvlm_lite.generation import GenerationConfig
 from cogvlm_lite.grounding import format_box, parse_boxes, parse_groundings
 from cogvlm_lite.ui import DESCRIBE_PROMPT, build_ui, launch_ui, region_text, render_answer, with_region
 from cogvlm_lite.zoom import DESCRIBE, crop_around, from_crop, to_crop
@@ -67,11 +68,11 @@ class ScriptedModel:
     def __getattr__(self, name):
         return getattr(self.model, name)
 
-    def stream_chat(self, image, query, history=(), **options):
+    def stream_chat(self, image, query, history=(), usage=None, **options):
         call = Call(image.size if image is not None else None, query, list(history), options)
         self.calls.append(call)
         try:
-            for text in self._texts(image, query, history, options):
+            for text in self._texts(image, query, history, {} if usage is None else usage, options):
                 call.text = text
                 yield text
         finally:
@@ -82,17 +83,21 @@ class ScriptedModel:
         texts = list(self.stream_chat(image, query, history, **options))
         return texts[-1] if texts else ""
 
-    def _texts(self, image, query, history, options):
+    def _texts(self, image, query, history, usage, options):
         if "explode" in query:
             raise RuntimeError("the accelerator ran out of memory")
         for key, (answer, delay) in self.scripts.items():
             if key in query:
+                # what the model reports of its prompt, before the reply
+                room = options.get("max_new_tokens", GenerationConfig.max_new_tokens)
+                usage["dropped_turns"] = self.model.encode_prompt(
+                    query, history, image=image is not None, max_new_tokens=room).dropped_turns
                 words = answer.split(" ")
                 for i in range(1, len(words) + 1):
                     time.sleep(delay)
                     yield " ".join(words[:i])
                 return
-        yield from self.model.stream_chat(image, query, history, **options)
+        yield from self.model.stream_chat(image, query, history, usage=usage, **options)
 
     @contextlib.contextmanager
     def scripted(self, scripts: dict[str, tuple[str, float]]):
